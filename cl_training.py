@@ -1,0 +1,26 @@
+"""Curriculum learning of the policy network (BlockDrop, SPEC section 4).
+
+    python cl_training.py --model R110_C10 --cv_dir cv/R110_C10_cl/ --lr 1e-3 --batch_size 2048 --max_epochs 5000
+
+The pretrained ResNet stays frozen; at epoch e the policy decides only the last
+e + 1 blocks and the ones before are kept.
+"""
+
+from __future__ import annotations
+
+from engine import add_training_flags, fit
+from utils import ArgumentParser, run_cli
+
+
+def get_args_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="cl_training.py", description="BlockDrop curriculum learning")
+    add_training_flags(p, lr=1e-3, epoch_step=10000, max_epochs=10000, penalty=-1)
+    return p
+
+
+def main(args) -> dict:
+    return fit(args, joint=False)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

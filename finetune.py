@@ -1,0 +1,27 @@
+"""Joint finetuning of the policy network and the ResNet (BlockDrop, SPEC section 5).
+
+    python finetune.py --model R110_C10 --lr 1e-4 --penalty -10 --pretrained cv/R110_C10_cl/ckpt_E_5300_A_0.754_R_2.22E-01_S_20.10_#_7787.t7 --batch_size 256 --max_epochs 2000 --cv_dir cv/R110_C10_ft_-10/
+
+All blocks are decided by the policy; the loss adds the ResNet's cross-entropy
+under the sampled policy. ``--penalty`` trades accuracy for speed.
+"""
+
+from __future__ import annotations
+
+from engine import add_training_flags, fit
+from utils import ArgumentParser, run_cli
+
+
+def get_args_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="finetune.py", description="BlockDrop joint finetuning")
+    add_training_flags(p, lr=1e-4, epoch_step=1600, max_epochs=2000, penalty=-5)
+    p.add_argument("--pretrained", default=None, help="curriculum checkpoint whose agent to start from")
+    return p
+
+
+def main(args) -> dict:
+    return fit(args, joint=True)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

@@ -1,0 +1,76 @@
+"""Model registry: one row per ``--model`` configuration (SPEC section 1).
+
+``get_config(name)`` is the one way in; ``build_resnet(cfg)`` and
+``build_agent(cfg)`` make the two networks of a configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from utils import BlockDropError
+
+from .policy import PolicyNet, cifar_policy, imagenet_policy
+from .resnet import BasicBlock, Bottleneck, FlatResNet, cifar_resnet, imagenet_resnet
+
+__all__ = [
+    "CONFIGS", "ModelConfig", "get_config", "build_resnet", "build_agent",
+    "FlatResNet", "PolicyNet", "BasicBlock", "Bottleneck",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    dataset: str  # key of utils.DATASETS
+    arch: str  # "cifar" or "imagenet"
+    depth: int
+    num_classes: int
+    pretrained: str  # default base, relative to cv/pretrained/
+    normalize: tuple | None = None  # (mean, std) the base was trained with, or None
+
+    @property
+    def num_blocks(self) -> int:
+        if self.arch == "cifar":
+            return 3 * ((self.depth - 2) // 6)
+        from .resnet import IMAGENET_LAYERS
+
+        return sum(IMAGENET_LAYERS[self.depth][1])
+
+    @property
+    def input_size(self) -> int:
+        return 32 if self.arch == "cifar" else 224
+
+
+_R32_C10_NORM = ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255))
+_IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+CONFIGS: dict[str, ModelConfig] = {
+    c.name: c
+    for c in [
+        ModelConfig("R32_C10", "C10", "cifar", 32, 10, "R32_C10/pk_E_164_A_0.923.t7", _R32_C10_NORM),
+        ModelConfig("R110_C10", "C10", "cifar", 110, 10, "R110_C10/pk_E_130_A_0.932.t7"),
+        ModelConfig("R32_C100", "C100", "cifar", 32, 100, "R32_C100/pk_E_164_A_0.693.t7"),
+        ModelConfig("R110_C100", "C100", "cifar", 110, 100, "R110_C100/pk_E_160_A_0.723.t7"),
+        ModelConfig("R101_ImgNet", "ImgNet", "imagenet", 101, 1000,
+                    "R101_ImgNet/ImageNet_R101_224_76.464", _IMAGENET_NORM),
+    ]
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    if name not in CONFIGS:
+        raise BlockDropError(f"unknown model {name!r}; choose one of: {', '.join(CONFIGS)}")
+    return CONFIGS[name]
+
+
+def build_resnet(cfg: ModelConfig) -> FlatResNet:
+    if cfg.arch == "cifar":
+        return cifar_resnet(cfg.depth, cfg.num_classes)
+    return imagenet_resnet(cfg.depth, cfg.num_classes)
+
+
+def build_agent(cfg: ModelConfig) -> PolicyNet:
+    if cfg.arch == "cifar":
+        return cifar_policy(cfg.num_blocks)
+    return imagenet_policy(cfg.num_blocks)

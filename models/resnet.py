@@ -1,0 +1,247 @@
+"""Flat ResNets: the blocks are kept as a flat list so any subset can run.
+
+A network is a stem, ``blocks[stage][i]`` residual functions f_t (without the
+final ReLU), one shortcut ``ds[stage]`` per stage (applied at the first block
+of that stage) and a head. Block t of the flat order runs as
+
+    x = relu(shortcut(x) + f_t(x))   if it is kept,
+    x = shortcut(x)                  if it is dropped,
+
+where ``shortcut`` is ``ds[stage]`` for the first block of a stage and the
+identity otherwise (BlockDrop, SPEC section 3). Three ways of running a policy
+live here and agree with each other: ``forward`` (batched, masked: the form
+used for training), ``forward_single`` (only the chosen blocks run) and
+``forward_full`` (every block).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """3x3 conv, BN, ReLU, 3x3 conv, BN. The residual ReLU is applied by the caller."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, width: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, width, stride)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width)
+        self.bn2 = nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1, 3x3 (with the stride), 1x1 with expansion 4; ReLU after the first two only."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, width: int, stride: int = 1):
+        super().__init__()
+        out_ch = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_ch, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.bn3(self.conv3(x))
+
+
+class PadShortcut(nn.Module):
+    """CIFAR's parameter-free shortcut: 2x2 average pool, then double the
+    channels by concatenating zeros ("option A" of He et al.)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(x)
+        return torch.cat([x, torch.zeros_like(x)], dim=1)
+
+
+def conv_shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+    """ImageNet's projection shortcut: 1x1 conv (with the stride) and BN.
+    Its keys are ``ds.{stage}.0.weight`` and ``ds.{stage}.1.*``."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_ch),
+    )
+
+
+class FlatResNet(nn.Module):
+    """A ResNet whose residual blocks form one flat, individually skippable list.
+
+    ``style="cifar"``: 3x3 stem (3 -> 16), stages of widths 16/32/64 with
+    parameter-free shortcuts, 8x8 average pool.
+    ``style="imagenet"``: 7x7/2 stem (3 -> 64) and 3x3/2 max pool, stages of
+    widths 64/128/256/512 with conv shortcuts, ``pool_size`` average pool.
+    ``num_classes=None`` leaves out the fc layer; ``forward_features`` then
+    gives the pooled feature (how the policy networks use it).
+    """
+
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: list[int],
+        num_classes: int | None,
+        style: str = "cifar",
+        pool_size: int | None = None,
+    ):
+        super().__init__()
+        if style not in ("cifar", "imagenet"):
+            raise ValueError(f"unknown ResNet style {style!r}")
+        self.style = style
+        self.layers = list(layers)
+        if style == "cifar":
+            widths, stem_ch = [16, 32, 64], 16
+            self.conv1 = conv3x3(3, stem_ch)
+            self.maxpool = nn.Identity()
+            pool_size = pool_size or 8
+        else:
+            widths, stem_ch = [64, 128, 256, 512], 64
+            self.conv1 = nn.Conv2d(3, stem_ch, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            pool_size = pool_size or 7
+        if len(layers) != len(widths):
+            raise ValueError(f"a {style} ResNet has {len(widths)} stages, got layers={layers}")
+        self.bn1 = nn.BatchNorm2d(stem_ch)
+
+        blocks, shortcuts = [], []
+        in_ch = stem_ch
+        for stage, (width, n) in enumerate(zip(widths, layers)):
+            stride = 1 if stage == 0 else 2
+            out_ch = width * block.expansion
+            if stride == 1 and in_ch == out_ch:
+                shortcuts.append(nn.Identity())
+            elif style == "cifar":
+                shortcuts.append(PadShortcut())
+            else:
+                shortcuts.append(conv_shortcut(in_ch, out_ch, stride))
+            stage_blocks = []
+            for i in range(n):
+                stage_blocks.append(block(in_ch, width, stride if i == 0 else 1))
+                in_ch = out_ch
+            blocks.append(nn.ModuleList(stage_blocks))
+        self.blocks = nn.ModuleList(blocks)
+        self.ds = nn.ModuleList(shortcuts)
+        self.avgpool = nn.AvgPool2d(pool_size)
+        self.feature_dim = in_ch
+        self.fc = nn.Linear(in_ch, num_classes) if num_classes is not None else None
+        # flat order of (stage, index) for blocks 0..K-1
+        self.block_index = [(s, i) for s, n in enumerate(layers) for i in range(n)]
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                m.weight.data.normal_(0, math.sqrt(2.0 / n))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_index)
+
+    # --- pieces -----------------------------------------------------------
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(F.relu(self.bn1(self.conv1(x))))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.avgpool(x).flatten(1)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(x)
+        return self.fc(x) if self.fc is not None else x
+
+    def _shortcut(self, x: torch.Tensor, stage: int, i: int) -> torch.Tensor:
+        return self.ds[stage](x) if i == 0 else x
+
+    # --- three ways to run a policy ----------------------------------------
+    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
+        """Every block runs: the plain ResNet."""
+        x = self.stem(x)
+        for s, i in self.block_index:
+            x = F.relu(self._shortcut(x, s, i) + self.blocks[s][i](x))
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
+        """Batched masked form (training): every block runs for every image and
+        ``x = u * relu(shortcut + f(x)) + (1 - u) * shortcut`` per image.
+        ``policy`` is B x K (0/1 floats); ``None`` runs the full network."""
+        if policy is None:
+            return self.forward_full(x)
+        self._check_policy(policy, batched=True)
+        x = self.stem(x)
+        for t, (s, i) in enumerate(self.block_index):
+            shortcut = self._shortcut(x, s, i)
+            keep = policy[:, t].to(x.dtype).view(-1, 1, 1, 1)
+            out = F.relu(shortcut + self.blocks[s][i](x))
+            x = keep * out + (1 - keep) * shortcut
+        return self.head(x)
+
+    def forward_single(self, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
+        """Only the kept blocks run. ``policy`` is one length-K vector shared by
+        the whole batch (in profiling, a batch of one image)."""
+        self._check_policy(policy, batched=False)
+        keep = [bool(v) for v in policy.tolist()]
+        x = self.stem(x)
+        for t, (s, i) in enumerate(self.block_index):
+            shortcut = self._shortcut(x, s, i)
+            x = F.relu(shortcut + self.blocks[s][i](x)) if keep[t] else shortcut
+        return self.head(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled feature of the full network (no fc)."""
+        x = self.stem(x)
+        for s, i in self.block_index:
+            x = F.relu(self._shortcut(x, s, i) + self.blocks[s][i](x))
+        return self.pool(x)
+
+    def _check_policy(self, policy: torch.Tensor, batched: bool) -> None:
+        want = 2 if batched else 1
+        if policy.dim() != want or policy.shape[-1] != self.num_blocks:
+            shape = "B x K" if batched else "K"
+            raise ValueError(
+                f"policy must have shape {shape} with K={self.num_blocks}, got {tuple(policy.shape)}"
+            )
+
+
+def cifar_resnet(depth: int, num_classes: int | None) -> FlatResNet:
+    """CIFAR ResNet of depth 6n+2 (32 -> [5,5,5], 110 -> [18,18,18])."""
+    if (depth - 2) % 6:
+        raise ValueError(f"a CIFAR ResNet has depth 6n+2, got {depth}")
+    n = (depth - 2) // 6
+    return FlatResNet(BasicBlock, [n, n, n], num_classes, style="cifar")
+
+
+IMAGENET_LAYERS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
+                   50: (Bottleneck, [3, 4, 6, 3]), 101: (Bottleneck, [3, 4, 23, 3]),
+                   152: (Bottleneck, [3, 8, 36, 3])}
+
+
+def imagenet_resnet(depth: int, num_classes: int = 1000) -> FlatResNet:
+    if depth not in IMAGENET_LAYERS:
+        raise ValueError(f"no ImageNet ResNet of depth {depth}; known: {sorted(IMAGENET_LAYERS)}")
+    block, layers = IMAGENET_LAYERS[depth]
+    return FlatResNet(block, layers, num_classes, style="imagenet")
