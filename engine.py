@@ -268,11 +268,12 @@ def check_training_args(args) -> None:
         raise BlockDropError(f"--alpha must lie in [0.5, 1], got {args.alpha}")
 
 
-def fit(args, joint: bool) -> dict:
+def fit(args, joint: bool, datasets: tuple | None = None) -> dict:
     """Curriculum learning (``joint=False``: ResNet frozen, only the policy
     learns, last blocks first) or joint finetuning (``joint=True``: both
     networks, all blocks, cross-entropy added). Returns the last evaluation and
-    the last checkpoint's path."""
+    the last checkpoint's path. ``datasets`` (train, test) replaces the
+    configuration's data sets (for experiments on data of one's own)."""
     from torch.utils.data import DataLoader
 
     from models import build_agent, build_resnet, get_config
@@ -297,7 +298,7 @@ def fit(args, joint: bool) -> dict:
     if joint and getattr(args, "pretrained", None) and not args.load:
         load_blockdrop_checkpoint(Path(args.pretrained), cfg.name, agent, None)
 
-    trainset, testset = get_datasets(cfg, args.data_dir)
+    trainset, testset = datasets or get_datasets(cfg, args.data_dir)
     pin = device.type == "cuda"
     trainloader = DataLoader(trainset, batch_size=args.batch_size, shuffle=True,
                              num_workers=args.workers, pin_memory=pin)

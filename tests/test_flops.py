@@ -1,0 +1,177 @@
+"""SPEC section 7: FLOPs per image (conv 2*Cin*Cout*kh*kw*Hout*Wout, linear
+2*in*out, everything else 0), with the paper's reference figures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import (
+    CIFAR_BLOCK, CIFAR_FIRST_OF_STAGE, CIFAR_POLICY_NET_K54, CIFAR_STEM, cifar_block_costs,
+    cifar_fc_flops, conv_flops, linear_flops,
+)
+from models import get_config
+from utils import FlopCounter, agent_flops, resnet_flop_table
+
+
+@pytest.fixture(scope="module")
+def tables(built_models):
+    """(base, per-block) tables, computed once per configuration."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = resnet_flop_table(built_models(name), get_config(name).input_size)
+        return cache[name]
+
+    return get
+
+
+def full_cost(table) -> int:
+    base, blocks = table
+    return base + sum(blocks)
+
+
+# --------------------------------------------------------------------------
+# the reference figures
+# --------------------------------------------------------------------------
+def test_full_resnet110_costs_505775360_flops(tables):
+    assert full_cost(tables("R110_C10")) == 505_775_360
+
+
+def test_full_resnet32_costs_137725184_flops(tables):
+    assert full_cost(tables("R32_C10")) == 137_725_184
+
+
+def test_full_resnet110_costs_5_06e08_flops_as_in_the_paper(tables):
+    assert "%.2E" % full_cost(tables("R110_C10")) == "5.06E+08"
+
+
+def test_full_resnet32_costs_1_38e08_flops_as_in_the_paper(tables):
+    assert "%.2E" % full_cost(tables("R32_C10")) == "1.38E+08"
+
+
+def test_full_resnet101_costs_1_56e10_flops_as_in_the_paper(tables):
+    assert "%.2E" % full_cost(tables("R101_ImgNet")) == "1.56E+10"
+
+
+def test_cifar_policy_net_costs_2_45e07_flops(built_models):
+    flops = agent_flops(built_models("R110_C10", "agent"), 32)
+    assert "%.2E" % flops == "2.45E+07"
+    assert flops == CIFAR_POLICY_NET_K54
+
+
+def test_cifar_policy_net_cost_includes_logit_and_vnet(built_models):
+    # ResNet-8: stem, one block per stage, then logit (64 -> K) and vnet (64 -> 1)
+    features = CIFAR_STEM + CIFAR_BLOCK + 2 * CIFAR_FIRST_OF_STAGE
+    for name, k in [("R32_C10", 15), ("R110_C10", 54), ("R110_C100", 54)]:
+        expected = features + linear_flops(64, k) + linear_flops(64, 1)
+        assert agent_flops(built_models(name, "agent"), 32) == expected
+
+
+def test_imagenet_policy_net_costs_4_72e08_flops(built_models):
+    assert "%.2E" % agent_flops(built_models("R101_ImgNet", "agent"), 224) == "4.72E+08"
+
+
+def test_cifar_basic_block_costs_9437184_flops(tables):
+    _, blocks = tables("R110_C10")
+    assert blocks[0] == CIFAR_BLOCK
+    assert "%.2E" % blocks[0] == "9.44E+06"
+
+
+def test_first_block_of_cifar_stages_2_and_3_costs_7077888_flops(tables):
+    _, blocks = tables("R110_C10")
+    assert blocks[18] == CIFAR_FIRST_OF_STAGE
+    assert blocks[36] == CIFAR_FIRST_OF_STAGE
+    assert "%.2E" % blocks[18] == "7.08E+06"
+
+
+@pytest.mark.parametrize("name,n", [("R32_C10", 5), ("R110_C10", 18), ("R110_C100", 18)])
+def test_cifar_block_table_matches_the_layer_shapes(tables, name, n):
+    base, blocks = tables(name)
+    assert blocks == cifar_block_costs(n)
+    assert base == CIFAR_STEM + cifar_fc_flops(get_config(name).num_classes)
+
+
+def test_resnet101_always_paid_part_is_stem_conv_shortcuts_and_fc(tables):
+    base, blocks = tables("R101_ImgNet")
+    stem = conv_flops(3, 64, 7, 112, 112)
+    shortcuts = (conv_flops(64, 256, 1, 56, 56) + conv_flops(256, 512, 1, 28, 28)
+                 + conv_flops(512, 1024, 1, 14, 14) + conv_flops(1024, 2048, 1, 7, 7))
+    assert base == stem + shortcuts + linear_flops(2048, 1000)
+    assert len(blocks) == 33
+    # a middle Bottleneck of stage 3 (256 wide at 14x14)
+    assert blocks[10] == (conv_flops(1024, 256, 1, 14, 14) + conv_flops(256, 256, 3, 14, 14)
+                          + conv_flops(256, 1024, 1, 14, 14))
+
+
+# --------------------------------------------------------------------------
+# cross-check with PyTorch's own counter
+# --------------------------------------------------------------------------
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def torch_count(model, fn, size: int) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as mode:
+        fn(torch.zeros(1, 3, size, size, device=device_of(model)))
+    return mode.get_total_flops()
+
+
+@pytest.mark.parametrize("name", ["R32_C10", "R110_C10", "R101_ImgNet"])
+def test_full_resnet_flops_agree_with_torch_flop_counter(tables, built_models, name):
+    resnet = built_models(name)
+    size = get_config(name).input_size
+    assert full_cost(tables(name)) == torch_count(resnet, resnet.forward_full, size)
+
+
+@pytest.mark.parametrize("name", ["R110_C10", "R101_ImgNet"])
+def test_policy_net_flops_agree_with_torch_flop_counter(built_models, name):
+    agent = built_models(name, "agent")
+    size = get_config(name).input_size
+    assert agent_flops(agent, size) == torch_count(agent, agent, size)
+
+
+# --------------------------------------------------------------------------
+# a policy's cost: counted directly while only the kept blocks run
+# --------------------------------------------------------------------------
+def direct_count(resnet, size: int, policy: torch.Tensor) -> FlopCounter:
+    with torch.no_grad(), FlopCounter(**{"": resnet}) as counter:
+        resnet.forward_single(torch.rand(1, 3, size, size, device=device_of(resnet)), policy)
+    return counter
+
+
+@pytest.mark.parametrize("name", ["R110_C10", "R101_ImgNet"])
+def test_random_policy_costs_base_plus_its_kept_blocks(tables, built_models, name):
+    resnet = built_models(name)
+    base, blocks = tables(name)
+    gen = torch.Generator().manual_seed(3)
+    policy = torch.randint(0, 2, (resnet.num_blocks,), generator=gen).float()
+    assert 0 < policy.sum() < resnet.num_blocks
+    counter = direct_count(resnet, get_config(name).input_size, policy)
+    expected = base + sum(cost for cost, keep in zip(blocks, policy.tolist()) if keep)
+    assert counter.total == expected
+    # and the same figure from the layer shapes for the CIFAR network
+    if name == "R110_C10":
+        shapes = cifar_block_costs(18)
+        assert counter.total == CIFAR_STEM + cifar_fc_flops(10) + sum(
+            c for c, keep in zip(shapes, policy.tolist()) if keep)
+
+
+def test_dropped_first_block_of_an_imagenet_stage_still_pays_for_its_shortcut(tables, built_models):
+    resnet = built_models("R101_ImgNet")
+    base, blocks = tables("R101_ImgNet")
+    first_of_stage_2 = resnet.block_index.index((1, 0))  # block 3
+    policy = torch.ones(33)
+    policy[first_of_stage_2] = 0
+    counter = direct_count(resnet, 224, policy)
+    assert counter.by_name["ds.1.0"] == conv_flops(256, 512, 1, 28, 28)
+    assert not [n for n in counter.by_name if n.startswith("blocks.1.0.")]
+    assert counter.total == base + sum(blocks) - blocks[first_of_stage_2]
+
+
+def test_dropping_every_cifar_block_costs_only_stem_and_fc(built_models):
+    resnet = built_models("R32_C10")
+    counter = direct_count(resnet, 32, torch.zeros(15))
+    assert counter.total == CIFAR_STEM + cifar_fc_flops(10)

@@ -1,0 +1,387 @@
+"""SPEC section 7: ``test.py`` end to end, on generated CIFAR-10 data and
+checkpoints laid out like the authors' released files, and its one-line
+errors for bad inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import statistics
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import (
+    CIFAR_BLOCK, CIFAR_FIRST_OF_STAGE, CIFAR_POLICY_NET_K54, CIFAR_STEM, CIFAR10_FOLDER, TEST_SCRIPT,
+    authors_agent_state, cifar_block_costs, cifar_fc_flops, constant_policy_agent, images_as_tensor,
+    randomize_bn, run_test_script, save_legacy, script_command, script_env, standard_layout, strip_nbt,
+    write_cifar10,
+)
+from models import build_agent, build_resnet, get_config
+
+REPORT_LINES = [
+    r"^    Accuracy: \d\.\d{3}$",
+    r"^    Block Usage: [\d.]+ ± [\d.]+$",
+    r"^    FLOPs/img: \d\.\d\dE\+\d\d ± \d\.\d\dE[+-]\d\d$",
+    r"^    Unique Policies: \d+$",
+]
+FIVE_NAMES = ["R32_C10", "R110_C10", "R32_C100", "R110_C100", "R101_ImgNet"]
+
+# the constant policy of the R110_C10 checkpoint: every block but t % 3 == 1, and block 36
+KEEP = [t % 3 != 1 for t in range(54)]
+KEEP[36] = False
+
+
+def report_lines(stdout: str) -> list[str]:
+    """The four report lines: the last four lines that start with four spaces."""
+    return [line for line in stdout.splitlines() if line.startswith("    ")][-4:]
+
+
+def line_value(lines: list[str], label: str) -> str:
+    for line in lines:
+        if line.startswith(f"    {label}: "):
+            return line[len(f"    {label}: "):]
+    raise AssertionError(f"no {label} line in {lines}")
+
+
+def spec_policy_flops(keep: list[bool]) -> int:
+    """FLOPs of one R110_C10 image under ``keep``, from SPEC's per-piece costs:
+    stem and fc, each kept block (7,077,888 for blocks 18 and 36, else 9,437,184),
+    and the policy network."""
+    blocks = sum(CIFAR_FIRST_OF_STAGE if t in (18, 36) else CIFAR_BLOCK for t, k in enumerate(keep) if k)
+    return CIFAR_STEM + 1280 + blocks + CIFAR_POLICY_NET_K54
+
+
+def r110_with_bn(seed: int):
+    torch.manual_seed(seed)
+    return randomize_bn(build_resnet(get_config("R110_C10")), seed=seed).eval()
+
+
+@torch.no_grad()
+def labels_with_known_accuracy(preds: torch.Tensor, n_correct: int) -> np.ndarray:
+    """Labels that agree with ``preds`` on the first ``n_correct`` images only."""
+    labels = preds.clone()
+    labels[n_correct:] = (labels[n_correct:] + 1) % 10
+    return labels.numpy()
+
+
+# --------------------------------------------------------------------------
+# a constant policy, from a finetuned checkpoint with agent and resnet
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def constant_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("constant")
+    resnet = r110_with_bn(seed=11)
+    agent = constant_policy_agent(build_agent(get_config("R110_C10")), KEEP).eval()
+    rng = np.random.default_rng(11)
+    images = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        policies = torch.tensor([KEEP] * 8, dtype=torch.float32)
+        preds = resnet(images_as_tensor(images), policies).argmax(1)
+    labels = labels_with_known_accuracy(preds, n_correct=5)
+    write_cifar10(tmp / "data", test_images=images, test_labels=labels)
+    ckpt = save_legacy({"agent": authors_agent_state(agent), "resnet": strip_nbt(resnet.state_dict()),
+                        "epoch": 2000, "reward": 0.195, "acc": 0.936},
+                       tmp / "ckpt_E_2000_A_0.625_R_1.95E-01_S_35.00_#_1.t7")
+    result = run_test_script("--model", "R110_C10", "--load", ckpt, "--data_dir", tmp / "data",
+                             "--device", "cpu", "--json", tmp / "out.json")
+    assert result.returncode == 0, result.stderr
+    return {"result": result, "lines": report_lines(result.stdout),
+            "json": json.loads((tmp / "out.json").read_text()), "expected_accuracy": 5 / 8}
+
+
+def test_report_has_exactly_the_four_spec_lines(constant_run):
+    lines = constant_run["lines"]
+    assert len(lines) == 4
+    for pattern, line in zip(REPORT_LINES, lines):
+        assert re.match(pattern, line), (pattern, line)
+    assert [ln for ln in constant_run["result"].stdout.splitlines() if ln.startswith("    ")] == lines
+
+
+def test_block_usage_is_the_number_of_kept_blocks_with_no_spread(constant_run):
+    assert line_value(constant_run["lines"], "Block Usage") == f"{sum(KEEP)}.000 ± 0.000"
+
+
+def test_a_constant_policy_is_one_unique_policy(constant_run):
+    assert line_value(constant_run["lines"], "Unique Policies") == "1"
+
+
+def test_flops_per_image_count_kept_blocks_and_the_policy_net(constant_run):
+    assert line_value(constant_run["lines"], "FLOPs/img") == "%.2E ± 0.00E+00" % spec_policy_flops(KEEP)
+
+
+def test_json_holds_the_exact_flops(constant_run):
+    figures = constant_run["json"]
+    assert figures["flops"] == spec_policy_flops(KEEP)
+    assert figures["policy_flops"] == 24_484_736
+    assert figures["resnet_flops"] == spec_policy_flops(KEEP) - 24_484_736
+    assert figures["flops_std"] == 0
+
+
+def test_accuracy_matches_a_direct_computation(constant_run):
+    assert line_value(constant_run["lines"], "Accuracy") == "%.3f" % constant_run["expected_accuracy"]
+    assert constant_run["json"]["accuracy"] == pytest.approx(constant_run["expected_accuracy"])
+
+
+# --------------------------------------------------------------------------
+# the full network (no --load), base at its default path under the working dir
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    resnet = r110_with_bn(seed=12)
+    rng = np.random.default_rng(12)
+    images = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        preds = resnet.forward_full(images_as_tensor(images)).argmax(1)
+    labels = labels_with_known_accuracy(preds, n_correct=2)  # first 2 of the 5 profiled are right
+    write_cifar10(tmp / "data", test_images=images, test_labels=labels)
+    base = tmp / "work" / "cv" / "pretrained" / "R110_C10" / "pk_E_130_A_0.932.t7"
+    base.parent.mkdir(parents=True)
+    torch.save({"state_dict": standard_layout(strip_nbt(resnet.state_dict()), prefix="module."),
+                "epoch": 130, "acc": 0.932}, base)
+    result = run_test_script("--model", "R110_C10", "--data_dir", tmp / "data", "--limit", "5",
+                             "--device", "cpu", "--json", tmp / "full.json", cwd=tmp / "work")
+    assert result.returncode == 0, result.stderr
+    return {"lines": report_lines(result.stdout), "json": json.loads((tmp / "full.json").read_text())}
+
+
+def test_full_resnet110_profile_costs_5_30e08_flops_with_the_policy_net(full_run):
+    assert line_value(full_run["lines"], "FLOPs/img") == "5.30E+08 ± 0.00E+00"
+    assert full_run["json"]["flops"] == 505_775_360 + 24_484_736
+
+
+def test_full_profile_uses_all_54_blocks(full_run):
+    assert line_value(full_run["lines"], "Block Usage") == "54.000 ± 0.000"
+    assert line_value(full_run["lines"], "Unique Policies") == "1"
+
+
+def test_full_profile_accuracy_is_that_of_the_base_on_the_limited_images(full_run):
+    assert full_run["json"]["images"] == 5
+    assert line_value(full_run["lines"], "Accuracy") == "0.400"
+
+
+# --------------------------------------------------------------------------
+# mixed policies, in-process through main(args), agent-only file plus --base
+# --------------------------------------------------------------------------
+def load_test_module():
+    spec = importlib.util.spec_from_file_location("blockdrop_test_script", TEST_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@torch.no_grad()
+def spread_agent(agent, x: torch.Tensor) -> torch.Tensor:
+    """Set the agent's logit layer so each block is kept for a different subset
+    of the images in ``x`` (thresholds between consecutive projections), far
+    from p = 0.5. Returns the greedy policies it gives on ``x``."""
+    gen = torch.Generator().manual_seed(0)
+    feature = agent.features.forward_features(x)  # N x 64
+    weight = torch.randn(agent.num_blocks, feature.shape[1], generator=gen)
+    proj = feature @ weight.T  # N x K
+    scale = 1.0 / (proj.std() + 1e-12) * 50
+    weight, proj = weight * scale, proj * scale
+    bias = torch.empty(agent.num_blocks)
+    for k in range(agent.num_blocks):
+        column = proj[:, k].sort().values
+        j = k % (len(column) - 1)
+        bias[k] = -(column[j] + column[j + 1]) / 2
+    agent.logit.weight.copy_(weight)
+    agent.logit.bias.copy_(bias)
+    logits = agent.logit(feature)
+    assert logits.abs().min() > 1e-2  # no decision near p = 0.5
+    return (logits > 0).float()
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mixed")
+    cfg = get_config("R110_C10")
+    resnet = r110_with_bn(seed=13)
+    torch.manual_seed(13)
+    agent = randomize_bn(build_agent(cfg), seed=13).eval()
+    rng = np.random.default_rng(13)
+    images = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    x = images_as_tensor(images)
+    policies = spread_agent(agent, x)
+    with torch.no_grad():
+        preds = resnet(x, policies).argmax(1)
+    labels = labels_with_known_accuracy(preds, n_correct=4)
+    write_cifar10(tmp / "data", test_images=images, test_labels=labels)
+    ckpt = save_legacy({"agent": authors_agent_state(agent), "epoch": 5300, "reward": 0.222, "acc": 0.754},
+                       tmp / "ckpt_E_5300_A_0.754_R_2.22E-01_S_20.10_#_7787.t7")
+    base = tmp / "base.t7"
+    torch.save({"state_dict": standard_layout(resnet.state_dict())}, base)
+    test_module = load_test_module()
+    args = test_module.get_args_parser().parse_args([
+        "--model", "R110_C10", "--load", str(ckpt), "--base", str(base), "--data_dir", str(tmp / "data"),
+        "--device", "cpu", "--json", str(tmp / "mixed.json"),
+    ])
+    return {"policies": policies, "args": args, "module": test_module,
+            "expected_accuracy": 4 / 6, "json_path": tmp / "mixed.json"}
+
+
+@pytest.fixture(scope="module")
+def mixed_figures(mixed_run):
+    return mixed_run["module"].main(mixed_run["args"])
+
+
+def test_mixed_policies_setup_is_genuinely_mixed(mixed_run):
+    used = mixed_run["policies"].sum(1)
+    assert len(set(used.tolist())) > 1
+
+
+def test_block_usage_spread_is_the_sample_standard_deviation(mixed_run, mixed_figures):
+    used = mixed_run["policies"].sum(1).tolist()
+    assert mixed_figures["block_usage"] == pytest.approx(statistics.fmean(used))
+    assert mixed_figures["block_usage_std"] == pytest.approx(statistics.stdev(used))
+
+
+def test_flops_spread_is_the_population_standard_deviation(mixed_run, mixed_figures):
+    costs = [spec_policy_flops([bool(v) for v in p.tolist()]) for p in mixed_run["policies"]]
+    assert mixed_figures["flops"] == pytest.approx(statistics.fmean(costs), rel=1e-12)
+    assert mixed_figures["flops_std"] == pytest.approx(statistics.pstdev(costs), rel=1e-9)
+    shapes = cifar_block_costs(18)  # the same figure from the layer shapes
+    first = mixed_run["policies"][0].tolist()
+    assert costs[0] == CIFAR_STEM + cifar_fc_flops(10) + CIFAR_POLICY_NET_K54 + sum(
+        c for c, k in zip(shapes, first) if k)
+
+
+def test_unique_policies_counts_distinct_policies(mixed_run, mixed_figures):
+    expected = len({tuple(p.tolist()) for p in mixed_run["policies"]})
+    assert expected > 1
+    assert mixed_figures["unique_policies"] == expected
+
+
+def test_mixed_accuracy_matches_a_direct_computation(mixed_run, mixed_figures):
+    assert mixed_figures["accuracy"] == pytest.approx(mixed_run["expected_accuracy"])
+
+
+def test_main_prints_the_report_and_writes_json(mixed_run, mixed_figures, capsys):
+    figures = mixed_run["module"].main(mixed_run["args"])
+    lines = report_lines(capsys.readouterr().out)
+    assert len(lines) == 4
+    for pattern, line in zip(REPORT_LINES, lines):
+        assert re.match(pattern, line), (pattern, line)
+    assert line_value(lines, "Block Usage") == f"{figures['block_usage']:.3f} ± {figures['block_usage_std']:.3f}"
+    saved = json.loads(mixed_run["json_path"].read_text())
+    assert saved["flops"] == pytest.approx(figures["flops"])
+    assert saved["unique_policies"] == figures["unique_policies"]
+
+
+# --------------------------------------------------------------------------
+# bad inputs: one line on stderr, exit status 2, no traceback
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory):
+    """Prepares every bad input and runs test.py on each, all at once."""
+    tmp = tmp_path_factory.mktemp("bad")
+    write_cifar10(tmp / "data", n_train=1, n_test=2)
+    cfg = get_config("R32_C10")
+    torch.manual_seed(14)
+    good = save_legacy({"agent": authors_agent_state(build_agent(cfg)),
+                        "resnet": strip_nbt(build_resnet(cfg).state_dict()),
+                        "epoch": 1, "reward": 0.1, "acc": 0.5}, tmp / "r32_good.t7")
+    data = good.read_bytes()
+    (tmp / "half.t7").write_bytes(data[: len(data) // 2])
+    (tmp / "notes.t7").write_text("these are my notes, not a checkpoint\n")
+    (tmp / "empty_cwd").mkdir()
+    files = {name: (tmp / name).read_bytes() for name in ("r32_good.t7", "half.t7", "notes.t7")}
+    d = str(tmp / "data")
+    cases = {
+        "unknown_model": (["--model", "R56_C10", "--data_dir", d], None),
+        "missing_load": (["--model", "R32_C10", "--load", str(tmp / "nope.t7"), "--data_dir", d], None),
+        "truncated": (["--model", "R32_C10", "--load", str(tmp / "half.t7"), "--data_dir", d], None),
+        "text_file": (["--model", "R32_C10", "--load", str(tmp / "notes.t7"), "--data_dir", d], None),
+        "wrong_model": (["--model", "R110_C10", "--load", str(good), "--data_dir", d], None),
+        "missing_data": (["--model", "R32_C10", "--load", str(good), "--data_dir", str(tmp / "nodata")], None),
+        "no_base": (["--model", "R32_C10", "--data_dir", d], tmp / "empty_cwd"),
+        "cuda": (["--model", "R32_C10", "--load", str(good), "--data_dir", d, "--device", "cuda"], None),
+        "unknown_flag": (["--model", "R32_C10", "--bogus", "--data_dir", d], None),
+        "limit_zero": (["--model", "R32_C10", "--load", str(good), "--data_dir", d, "--limit", "0",
+                        "--device", "cpu"], None),
+    }
+    procs = {
+        name: subprocess.Popen(script_command(*args), cwd=str(cwd or tmp), env=script_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, (args, cwd) in cases.items()
+    }
+    results = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return {"results": results, "tmp": tmp, "files": files}
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "error" in lines[0]
+    return lines[0]
+
+
+def test_unknown_model_is_one_line_listing_the_five_names(bad_runs):
+    line = assert_one_line_error(bad_runs["results"]["unknown_model"])
+    assert "R56_C10" in line
+    for name in FIVE_NAMES:
+        assert name in line
+
+
+def test_missing_checkpoint_is_one_line_naming_it(bad_runs):
+    line = assert_one_line_error(bad_runs["results"]["missing_load"])
+    assert "nope.t7" in line
+
+
+def test_truncated_checkpoint_is_one_line_and_the_file_is_kept(bad_runs):
+    line = assert_one_line_error(bad_runs["results"]["truncated"])
+    assert "half.t7" in line
+    assert (bad_runs["tmp"] / "half.t7").read_bytes() == bad_runs["files"]["half.t7"]
+
+
+def test_text_file_as_checkpoint_is_one_line_and_the_file_is_kept(bad_runs):
+    line = assert_one_line_error(bad_runs["results"]["text_file"])
+    assert "notes.t7" in line
+    assert (bad_runs["tmp"] / "notes.t7").read_bytes() == bad_runs["files"]["notes.t7"]
+
+
+def test_r32_agent_with_model_r110_is_one_line_naming_both_block_counts(bad_runs):
+    line = assert_one_line_error(bad_runs["results"]["wrong_model"])
+    assert re.search(r"\b15\b", line) and re.search(r"\b54\b", line)
+    assert (bad_runs["tmp"] / "r32_good.t7").read_bytes() == bad_runs["files"]["r32_good.t7"]
+
+
+def test_missing_data_is_one_line_naming_the_folder(bad_runs):
+    line = assert_one_line_error(bad_runs["results"]["missing_data"])
+    assert str(bad_runs["tmp"] / "nodata" / CIFAR10_FOLDER) in line
+
+
+def test_no_default_base_is_one_line_pointing_at_pretrain(bad_runs):
+    line = assert_one_line_error(bad_runs["results"]["no_base"])
+    assert "pretrain.py" in line
+    assert "cv/pretrained/R32_C10/pk_E_164_A_0.923.t7" in line
+
+
+def test_device_cuda_without_a_gpu_is_one_line(bad_runs):
+    result = bad_runs["results"]["cuda"]
+    if torch.cuda.is_available():
+        assert result.returncode == 0, result.stderr
+        assert len(report_lines(result.stdout)) == 4
+    else:
+        line = assert_one_line_error(result)
+        assert "cuda" in line.lower()
+
+
+def test_unknown_flag_is_one_line(bad_runs):
+    line = assert_one_line_error(bad_runs["results"]["unknown_flag"])
+    assert "--bogus" in line
+
+
+def test_limit_zero_is_one_line(bad_runs):
+    line = assert_one_line_error(bad_runs["results"]["limit_zero"])
+    assert "--limit" in line

@@ -1,0 +1,274 @@
+"""Training (SPEC sections 4-6): reward, advantage, curriculum, finetuning, and learning end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+import cl_training
+import finetune
+from engine import (
+    RLConfig, force_prefix, learned_blocks, policy_loss, reward, train_step,
+)
+from models import build_agent, build_resnet, get_config
+from utils import parse_base_checkpoint_name, parse_checkpoint_name, to_standard_keys
+
+from conftest import ROOT, script_env, write_cifar10
+
+NOOP_BLOCKS = [1, 2, 3, 6, 7, 8, 11, 12, 13]  # R32: 15 blocks, these made exact no-ops
+
+
+def run_script(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=str(cwd),
+                          env=script_env(), capture_output=True, text=True, timeout=600)
+
+
+# ---------------------------------------------------------------- reward, advantage
+def test_reward_is_one_minus_squared_usage_when_correct_and_penalty_when_wrong():
+    preds = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    targets = torch.tensor([1, 1, 1])  # right, wrong, right
+    policy = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    r, correct = reward(preds, targets, policy, penalty=-5.0)
+    assert correct.tolist() == [1.0, 0.0, 1.0]
+    assert torch.allclose(r, torch.tensor([1 - 0.5 ** 2, -5.0, 1.0]))
+
+
+def test_self_critical_advantage_compares_sample_with_greedy_baseline():
+    targets = torch.tensor([0, 0])
+    greedy = torch.tensor([[1.0, 1, 1, 1], [1, 1, 1, 1]])
+    sample = torch.tensor([[1.0, 0, 0, 0], [1, 0, 0, 0]])
+    right, wrong = torch.tensor([[5.0, 0.0]]), torch.tensor([[0.0, 5.0]])
+    r_map, _ = reward(torch.cat([right, right]), targets, greedy, penalty=-1)
+    r_sample, _ = reward(torch.cat([right, wrong]), targets, sample, penalty=-1)
+    advantage = r_sample - r_map
+    # image 0: same answer, fewer blocks -> positive; image 1: wrong -> penalty - 0
+    assert torch.allclose(advantage, torch.tensor([1 - 1 / 16, -1.0]))
+
+
+def test_curriculum_hands_the_last_blocks_to_the_policy_one_per_epoch():
+    assert [learned_blocks(e, 15) for e in (0, 1, 13, 14, 99)] == [1, 2, 14, 15, 15]
+    assert learned_blocks(2, 54, cl_step=5) == 15
+    assert force_prefix(torch.zeros(2, 5), 2).tolist() == [[1, 1, 1, 0, 0]] * 2
+
+
+# ---------------------------------------------------------------- one step
+def _small_batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_curriculum_step_forces_prefix_masks_its_gradient_and_freezes_the_resnet():
+    resnet, x, y = noop_base(16)  # predictions that change when real blocks drop
+    agent = build_agent(get_config("R32_C10"))
+    resnet.requires_grad_(False)
+    before = copy.deepcopy(resnet.state_dict())
+    learned = 6
+    seen = {}
+    real_forward = resnet.forward
+
+    def spy(inputs, policy=None):
+        seen.setdefault("policies", []).append(policy.clone())
+        return real_forward(inputs, policy)
+
+    resnet.forward = spy
+    opt = torch.optim.SGD(agent.parameters(), lr=0.0)  # lr 0: inspect the gradient only
+    out = train_step(agent, resnet, x, y, opt, learned, RLConfig(beta=0.0))
+    greedy_policy, sampled_policy = seen["policies"]
+    for policy in (greedy_policy, sampled_policy, out["policy"]):
+        assert torch.all(policy[:, : 15 - learned] == 1)
+    # with no entropy bonus the forced-on blocks get no gradient, the learned ones do
+    assert torch.all(agent.logit.weight.grad[: 15 - learned] == 0)
+    assert torch.all(agent.logit.bias.grad[: 15 - learned] == 0)
+    assert agent.logit.bias.grad[15 - learned:].abs().sum() > 0
+    after = resnet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bitwise, BN statistics included
+
+
+def test_finetuning_step_changes_both_networks():
+    torch.manual_seed(0)
+    cfg = get_config("R32_C10")
+    resnet, agent = build_resnet(cfg).train(), build_agent(cfg).train()
+    r0, a0 = copy.deepcopy(resnet.state_dict()), copy.deepcopy(agent.state_dict())
+    opt = torch.optim.Adam(list(agent.parameters()) + list(resnet.parameters()), lr=1e-3)
+    x, y = _small_batch()
+    train_step(agent, resnet, x, y, opt, 15, RLConfig(penalty=-5, joint=True))
+    assert not torch.equal(r0["blocks.0.0.conv1.weight"], resnet.state_dict()["blocks.0.0.conv1.weight"])
+    assert not torch.equal(r0["fc.weight"], resnet.state_dict()["fc.weight"])
+    assert not torch.equal(a0["logit.weight"], agent.state_dict()["logit.weight"])
+    assert not torch.equal(a0["features.conv1.weight"], agent.state_dict()["features.conv1.weight"])
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_reinforce_step_raises_the_probability_of_an_action_with_positive_advantage(joint):
+    torch.manual_seed(0)
+    agent = build_agent(get_config("R32_C10"))
+    x, _ = _small_batch(4)
+    policy = torch.bernoulli(torch.full((4, 15), 0.5))
+    advantage = torch.ones(4)
+    cfg = RLConfig(beta=0.0, joint=joint)
+
+    def log_prob_of_policy():
+        p = agent(x)[0]
+        p = cfg.alpha * p + (1 - cfg.alpha) * (1 - p)
+        return (policy * p.log() + (1 - policy) * (1 - p).log()).sum().item()
+
+    before = log_prob_of_policy()
+    opt = torch.optim.SGD(agent.parameters(), lr=1e-2)
+    loss = policy_loss(agent(x)[0], policy, advantage, 15, cfg)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert log_prob_of_policy() > before
+    # and a negative advantage lowers it
+    agent2 = copy.deepcopy(agent)
+    before2 = log_prob_of_policy()
+    opt = torch.optim.SGD(agent.parameters(), lr=1e-2)
+    loss = policy_loss(agent(x)[0], policy, -advantage, 15, cfg)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert log_prob_of_policy() < before2
+    del agent2
+
+
+# ---------------------------------------------------------------- learning, end to end
+def noop_base(n_images: int, seed: int = 0):
+    """An R32_C10 base in which the blocks NOOP_BLOCKS are exact no-ops (last BN
+    weight and bias zero, so relu(x + 0) = x on post-ReLU x) and images labelled
+    by the base's own full-network predictions; the fc is centred on these
+    images so that the labels spread over the classes."""
+    torch.manual_seed(seed)
+    cfg = get_config("R32_C10")
+    resnet = build_resnet(cfg).eval()
+    with torch.no_grad():
+        for t in NOOP_BLOCKS:
+            s, i = resnet.block_index[t]
+            resnet.blocks[s][i].bn2.weight.zero_()
+            resnet.blocks[s][i].bn2.bias.zero_()
+        images = F.interpolate(torch.rand(n_images, 3, 4, 4), size=32, mode="bilinear")
+        feats = resnet.forward_features(images)
+        resnet.fc.weight.div_(feats.std(0) + 1e-6)
+        resnet.fc.bias.copy_(-(resnet.fc.weight @ feats.mean(0)))
+        labels = resnet.forward_full(images).argmax(1)
+    return resnet, images, labels
+
+
+def test_curriculum_learns_to_drop_the_no_op_blocks_and_keep_the_others(tmp_path):
+    n_train, n_test = 512, 128
+    resnet, images, labels = noop_base(n_train + n_test)
+    assert len(labels.unique()) >= 5  # the labels are not one class
+    base = tmp_path / "base.t7"
+    torch.save({"state_dict": to_standard_keys(resnet.state_dict())}, base)
+    args = cl_training.get_args_parser().parse_args(
+        ["--model", "R32_C10", "--base", str(base), "--cv_dir", str(tmp_path / "cv"),
+         "--batch_size", "64", "--max_epochs", "20", "--cl_step", "3", "--lr", "1e-2",
+         "--test_every", "10", "--workers", "0", "--seed", "0", "--device", "cpu"])
+    data = (TensorDataset(images[:n_train], labels[:n_train]), TensorDataset(images[n_train:], labels[n_train:]))
+    result = cl_training.fit(args, joint=False, datasets=data)
+
+    assert result["acc"] == 1.0
+    ckpt = torch.load(result["checkpoint"], weights_only=True, map_location="cpu")
+    agent = build_agent(get_config("R32_C10")).eval()
+    agent.load_state_dict(ckpt["agent"])
+    with torch.no_grad():
+        keep_rate = (agent(images[n_train:])[0] >= 0.5).float().mean(0)
+    real = [t for t in range(15) if t not in NOOP_BLOCKS]
+    assert torch.all(keep_rate[real] == 1.0), keep_rate.tolist()
+    assert torch.all(keep_rate[NOOP_BLOCKS] <= 0.1), keep_rate.tolist()
+    assert parse_checkpoint_name(result["checkpoint"])["blocks"] == pytest.approx(result["blocks"], abs=0.005)
+
+
+# ---------------------------------------------------------------- the scripts chain
+def test_pretrain_then_curriculum_then_finetune_then_test(tmp_path):
+    data = tmp_path / "data"
+    write_cifar10(data, n_train=10, n_test=12)
+    common = ["--model", "R32_C10", "--data_dir", str(data), "--workers", "0", "--device", "cpu",
+              "--batch_size", "16"]
+
+    pre = run_script("pretrain.py", *common, "--epochs", "2", cwd=tmp_path)
+    assert pre.returncode == 0, pre.stderr
+    bases = list((tmp_path / "cv/pretrained/R32_C10").glob("pk_E_*_A_*.t7"))
+    assert len(bases) == 1 and parse_base_checkpoint_name(bases[0])["epoch"] == 2
+    assert set(torch.load(bases[0], weights_only=True)["state_dict"]) >= {"conv1.weight", "layer1.0.conv1.weight"}
+
+    # cl_training finds the base that pretrain.py wrote, without --base
+    cl = run_script("cl_training.py", *common, "--max_epochs", "2", "--test_every", "1",
+                    "--cv_dir", "cv/cl", cwd=tmp_path)
+    assert cl.returncode == 0, cl.stderr
+    assert [ln.split(" | ")[0] for ln in cl.stdout.splitlines() if ln.startswith("E: ")] == ["E: 0", "E: 1", "E: 2"]
+    assert sum(ln.startswith("TS - E: ") for ln in cl.stdout.splitlines()) == 3
+    cl_ckpts = sorted((tmp_path / "cv/cl").glob("ckpt_E_*.t7"), key=lambda p: parse_checkpoint_name(p)["epoch"])
+    assert [parse_checkpoint_name(p)["epoch"] for p in cl_ckpts] == [0, 1, 2]
+    cl_ckpt = cl_ckpts[-1]
+    saved = torch.load(cl_ckpt, weights_only=True)
+    assert {"agent", "epoch", "reward", "acc"} <= set(saved) and "resnet" not in saved
+    fig = parse_checkpoint_name(cl_ckpt)
+    assert fig["acc"] == pytest.approx(saved["acc"], abs=5e-4)
+    assert (tmp_path / "cv/cl/args.txt").read_text().count("penalty: -1") == 1
+    rows = [json.loads(ln) for ln in (tmp_path / "cv/cl/metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in rows].count("test") == 3
+    assert list((tmp_path / "cv/cl/log").glob("events.out.tfevents.*"))
+
+    ft = run_script("finetune.py", *common, "--max_epochs", "1", "--test_every", "1",
+                    "--pretrained", str(cl_ckpt), "--cv_dir", "cv/ft", cwd=tmp_path)
+    assert ft.returncode == 0, ft.stderr
+    ft_ckpt = max((tmp_path / "cv/ft").glob("ckpt_E_*.t7"), key=lambda p: parse_checkpoint_name(p)["epoch"])
+    ft_fig = parse_checkpoint_name(ft_ckpt)
+    assert ft_fig["epoch"] == 1
+    assert {"agent", "resnet", "epoch", "reward", "acc"} <= set(torch.load(ft_ckpt, weights_only=True))
+
+    out = run_script("test.py", "--model", "R32_C10", "--data_dir", str(data), "--device", "cpu",
+                     "--load", str(ft_ckpt), "--json", "report.json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    # one image at a time with only the kept blocks gives the figures the checkpoint's name promised
+    assert round(report["accuracy"], 3) == ft_fig["acc"]
+    assert round(report["block_usage"], 2) == ft_fig["blocks"]
+    assert report["unique_policies"] == ft_fig["unique"]
+
+    # resuming continues at the next epoch
+    resumed = run_script("finetune.py", *common, "--max_epochs", "0", "--test_every", "1",
+                         "--load", str(ft_ckpt), "--cv_dir", "cv/ft", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [ln.split(" | ")[0] for ln in resumed.stdout.splitlines() if ln.startswith("E: ")] == ["E: 2"]
+
+
+def test_training_without_a_base_says_where_it_is_expected_and_that_pretrain_makes_it(tmp_path):
+    write_cifar10(tmp_path / "data", n_train=2, n_test=2)
+    res = run_script("cl_training.py", "--model", "R32_C10", "--data_dir", "data", "--device", "cpu",
+                     cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr
+    assert "cv/pretrained/R32_C10/pk_E_164_A_0.923.t7" in lines[0] and "pretrain.py" in lines[0]
+
+
+@pytest.mark.parametrize("flags", [["--batch_size", "0"], ["--alpha", "0.2"], ["--max_epochs", "x"]])
+def test_training_bad_flags_are_one_line_and_exit_2(tmp_path, flags):
+    res = run_script("finetune.py", "--model", "R32_C10", *flags, cwd=tmp_path)
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_finetune_rejects_a_curriculum_checkpoint_of_another_configuration(tmp_path):
+    write_cifar10(tmp_path / "data", n_train=2, n_test=2)
+    resnet = build_resnet(get_config("R32_C10"))
+    torch.save({"state_dict": to_standard_keys(resnet.state_dict())}, tmp_path / "base.t7")
+    torch.save({"agent": build_agent(get_config("R110_C10")).state_dict(), "epoch": 3}, tmp_path / "cl.t7")
+    res = run_script("finetune.py", "--model", "R32_C10", "--data_dir", "data", "--device", "cpu",
+                     "--base", "base.t7", "--pretrained", "cl.t7", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "54" in res.stderr and "15" in res.stderr
+
+
+def test_scripts_import_without_running(tmp_path):
+    for name in ("cl_training", "finetune", "pretrain", "test"):
+        res = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True)
+        assert res.returncode == 0 and res.stdout == "", res.stderr
