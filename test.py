@@ -20,7 +20,7 @@ from tqdm import tqdm
 from engine import greedy_policy, policy_stats
 from models import build_agent, build_resnet, get_config
 from utils import (
-    ArgumentParser, agent_flops, choose_device, get_datasets, load_blockdrop_checkpoint,
+    ArgumentParser, BlockDropError, agent_flops, choose_device, get_datasets, load_blockdrop_checkpoint,
     load_default_or_given_base, resnet_flop_table, run_cli, write_json,
 )
 
@@ -45,12 +45,16 @@ def profile(agent, resnet, dataset, device: torch.device, full: bool, limit: int
     """Run every test image on its own through the agent and the blocks it keeps."""
     agent.eval()
     resnet.eval()
+    if len(dataset) == 0:
+        raise BlockDropError("no test images to profile: the test set is empty")
     size = dataset[0][0].shape[-1]
     base_flops, block_flops = resnet_flop_table(resnet, size)
     policy_net_flops = agent_flops(agent, size)
     block_cost = torch.tensor(block_flops, dtype=torch.float64)
 
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n < 1:
+        raise BlockDropError("no test images to profile (empty test set or --limit below 1)")
     subset = torch.utils.data.Subset(dataset, range(n))
     loader = DataLoader(subset, batch_size=1, shuffle=False, num_workers=workers)
     correct, policies, resnet_costs = [], [], []
@@ -93,6 +97,8 @@ def report(figures: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.limit is not None and args.limit < 1:
+        raise BlockDropError(f"--limit must be at least 1, got {args.limit}")
     cfg = get_config(args.model)
     device = choose_device(args.device)
     resnet, agent = build_resnet(cfg), build_agent(cfg)

@@ -54,6 +54,21 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         sys.exit(130)
 
 
+def load_script(name: str):
+    """Import one of the project's top-level scripts by file (``test.py`` would
+    otherwise lose to the standard library's ``test`` package)."""
+    import importlib.util
+
+    module_name = f"blockdrop_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def choose_device(name: str | None) -> torch.device:
     """``--device``: default CUDA when present, else CPU."""
     if not name:
@@ -119,33 +134,33 @@ def parse_base_checkpoint_name(name: str | Path) -> dict:
     return {"epoch": int(m["epoch"]), "acc": float(m["acc"])}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(obj: dict, path: Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``:
-    a killed job never leaves a half-written checkpoint under the real name."""
+def _write_atomically(path: Path, write: Callable[[str], None]) -> Path:
+    """``write`` a temporary file beside ``path``, then ``os.replace`` it into place:
+    a killed job never leaves a half-written file under the real name. The file
+    gets the permissions an ordinary ``open`` would give it (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return _write_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def save_checkpoint(obj: dict, path: Path) -> Path:
+    """``torch.save``, atomically (see ``_write_atomically``)."""
+    return _write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_state_file(path: Path) -> object:
@@ -411,6 +426,35 @@ def read_cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[
     return np.concatenate(images), np.concatenate(labels)
 
 
+def write_cifar10_layout(data_dir: Path, train: tuple[np.ndarray, np.ndarray],
+                         test: tuple[np.ndarray, np.ndarray]) -> Path:
+    """Write N x 32 x 32 x 3 uint8 images with labels 0..9 as CIFAR-10's python
+    batches (``data_batch_1..5``, ``test_batch``) in ``data_dir/cifar-10-batches-py``,
+    so data of one's own runs through the CIFAR path as it is."""
+    folder_name, _, train_files, test_files, label_key = CIFAR_SOURCES["C10"]
+    folder = Path(data_dir) / folder_name
+    parts = list(zip(train_files, np.array_split(np.arange(len(train[1])), len(train_files)), strict=True))
+    parts.append((test_files[0], np.arange(len(test[1]))))
+    for name, idx in parts:
+        images, labels = (train if name in train_files else test)
+        if images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
+            raise BlockDropError(f"CIFAR-10 images are N x 32 x 32 x 3 uint8, got {images.shape} {images.dtype}")
+        rows = images[idx].transpose(0, 3, 1, 2).reshape(len(idx), 3072)  # R plane, G plane, B plane
+        entry = {"batch_label": name, "data": np.ascontiguousarray(rows),
+                 label_key: [int(v) for v in labels[idx]], "filenames": [f"{name}_{i}.png" for i in idx]}
+        atomic_write_bytes(folder / name, pickle.dumps(entry, protocol=2))
+    return folder
+
+
+def digits_as_cifar10(data_dir: str | Path = "data/") -> Path:
+    """The digits (``digits_arrays``: 1,437 train, 360 test) written in CIFAR-10's
+    python layout under ``data_dir``: real images for trying the CIFAR scripts
+    (``--model R32_C10 --data_dir <data_dir>``) where CIFAR cannot be fetched."""
+    folder = write_cifar10_layout(Path(data_dir), *digits_arrays())
+    print(f"wrote the digits as CIFAR-10 python batches in {folder}")
+    return folder
+
+
 def download_cifar(dataset: str, data_dir: Path, url: str | None = None) -> None:
     """Fetch and unpack the official archive into ``data_dir``."""
     folder, default_url, *_ = CIFAR_SOURCES[dataset]
@@ -488,10 +532,48 @@ def imagenet_datasets(cfg, data_dir: Path, url: str | None = None):
     return tuple(out)
 
 
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+def digits_arrays() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The UCI handwritten digits that scikit-learn ships (1,797 images, 8x8,
+    values 0..16, 10 classes), upsampled bilinearly to 32x32, repeated to three
+    channels, as uint8; a fixed stratified split: 1,437 train, 360 test."""
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise BlockDropError("the digits data set needs scikit-learn: pip install scikit-learn") from None
+    import torch.nn.functional as F
+
+    digits = load_digits()
+    small = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    large = F.interpolate(small, size=32, mode="bilinear", align_corners=False).clamp_(0, 1)
+    images = (large * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy()
+    labels = digits.target.astype(np.int64)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION, stratify=labels,
+        random_state=DIGITS_SPLIT_SEED)
+    return (images[idx_train], labels[idx_train]), (images[idx_test], labels[idx_test])
+
+
+def digits_datasets(cfg, data_dir: Path | None = None):
+    """Offline, from scikit-learn's package (``data_dir`` is not used). The
+    train transform is CIFAR's random crop without the flip: a mirrored digit
+    is not the same digit."""
+    from torchvision import transforms as T
+
+    (xtr, ytr), (xte, yte) = digits_arrays()
+    train_tf = T.RandomCrop(32, padding=4)
+    return ArrayDataset(xtr, ytr, train_tf), ArrayDataset(xte, yte, None)
+
+
 DATASETS: dict[str, Callable] = {
     "C10": cifar_datasets,
     "C100": cifar_datasets,
     "ImgNet": imagenet_datasets,
+    "Digits": digits_datasets,
 }
 
 

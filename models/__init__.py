@@ -54,6 +54,9 @@ CONFIGS: dict[str, ModelConfig] = {
         ModelConfig("R110_C100", "C100", "cifar", 110, 100, "R110_C100/pk_E_160_A_0.723.t7"),
         ModelConfig("R101_ImgNet", "ImgNet", "imagenet", 101, 1000,
                     "R101_ImgNet/ImageNet_R101_224_76.464", _IMAGENET_NORM),
+        # UCI handwritten digits (scikit-learn ships them), 32x32: runs offline on a CPU.
+        # No released base: pretrain.py writes pk_E_<epoch>_A_<acc>.t7 in this folder.
+        ModelConfig("R32_Digits", "Digits", "cifar", 32, 10, "R32_Digits/pk_E_<epoch>_A_<acc>.t7"),
     ]
 }
 

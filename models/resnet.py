@@ -192,9 +192,17 @@ class FlatResNet(nn.Module):
         if policy is None:
             return self.forward_full(x)
         self._check_policy(policy, batched=True)
+        # In eval mode a block that no image of the batch keeps is skipped: its
+        # output would be multiplied by zero everywhere. In train mode it still
+        # runs, as in the original, so that its BN statistics and its (zero)
+        # gradient are exactly what the authors' code produced.
+        runs = [True] * self.num_blocks if self.training else policy.bool().any(0).tolist()
         x = self.stem(x)
         for t, (s, i) in enumerate(self.block_index):
             shortcut = self._shortcut(x, s, i)
+            if not runs[t]:
+                x = shortcut
+                continue
             keep = policy[:, t].to(x.dtype).view(-1, 1, 1, 1)
             out = F.relu(shortcut + self.blocks[s][i](x))
             x = keep * out + (1 - keep) * shortcut

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -214,10 +215,48 @@ def script_command(*args: str) -> list[str]:
     return [sys.executable, str(TEST_SCRIPT), *map(str, args)]
 
 
+def run_concurrently(cases: dict[str, tuple[list[str], Path]]) -> dict[str, subprocess.CompletedProcess]:
+    """Start every command (``name: (argv, cwd)``) at once, then wait for each."""
+    procs = {name: subprocess.Popen(argv, cwd=str(cwd), env=script_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, (argv, cwd) in cases.items()}
+    results = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess) -> str:
+    """Bad input: exit status 2, one line on stderr that says error, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "error" in lines[0]
+    return lines[0]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, after checking the PNG signature."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_legible_png(path: Path) -> None:
+    """A valid PNG of a size a person can read, with real content."""
+    assert Path(path).is_file(), path
+    width, height = png_size(path)
+    assert 200 <= width <= 4000 and 200 <= height <= 4000, (Path(path).name, width, height)
+    assert Path(path).stat().st_size > 5_000, (Path(path).name, Path(path).stat().st_size)
+
+
 def run_test_script(*args: str, cwd: Path | None = None, env: dict | None = None,
                     timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(script_command(*args), cwd=str(cwd or ROOT), env=env or script_env(),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 # --------------------------------------------------------------------------

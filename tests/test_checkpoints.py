@@ -5,21 +5,34 @@ authors named them."""
 from __future__ import annotations
 
 import os
+import pickle
 
 import pytest
 import torch
 import torch.serialization
 import torchvision
-
 from conftest import (
-    assert_same_weights, authors_agent_state, randomize_bn, save_legacy, standard_layout, strip_nbt,
+    assert_same_weights,
+    authors_agent_state,
+    randomize_bn,
+    save_legacy,
+    standard_layout,
+    strip_nbt,
 )
+
 from models import build_agent, build_resnet, get_config
 from models.policy import imagenet_policy
 from models.resnet import imagenet_resnet
 from utils import (
-    BlockDropError, checkpoint_name, load_base, load_blockdrop_checkpoint, load_state_file,
-    load_weights, parse_checkpoint_name, save_checkpoint, to_flat_keys,
+    BlockDropError,
+    checkpoint_name,
+    load_base,
+    load_blockdrop_checkpoint,
+    load_state_file,
+    load_weights,
+    parse_checkpoint_name,
+    save_checkpoint,
+    to_flat_keys,
 )
 
 
@@ -225,7 +238,7 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temporary_files(tmp_path):
     path = tmp_path / "ckpt.t7"
     save_checkpoint({"epoch": 1}, path)
     before = path.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):
         save_checkpoint({"epoch": 2, "bad": lambda: None}, path)  # a lambda cannot be pickled
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["ckpt.t7"]
@@ -261,3 +274,17 @@ def test_parse_checkpoint_name_roundtrips_the_authors_names(name, figures):
 def test_parse_checkpoint_name_rejects_other_names():
     with pytest.raises(ValueError):
         parse_checkpoint_name("pk_E_164_A_0.923.t7")
+
+
+def test_checkpoints_and_files_written_atomically_get_the_usual_permissions(tmp_path):
+    from utils import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        ckpt = save_checkpoint({"epoch": 1}, tmp_path / "ckpt.t7")
+        text = atomic_write_bytes(tmp_path / "args.txt", b"lr: 0.1\n")
+    finally:
+        os.umask(old)
+    assert ckpt.stat().st_mode & 0o777 == 0o644
+    assert text.stat().st_mode & 0o777 == 0o644
+    assert text.read_bytes() == b"lr: 0.1\n"

@@ -3,13 +3,15 @@ the transforms, clear errors for missing data, and ImageNet image folders."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR10_FOLDER, CIFAR10_TRAIN, images_to_rows, write_cifar10, write_cifar_batch
 from PIL import Image
 
 import utils
-from conftest import CIFAR10_FOLDER, CIFAR10_TRAIN, images_to_rows, write_cifar10, write_cifar_batch
 from models import get_config
 from utils import BlockDropError, cifar_arrays, get_datasets, read_cifar_batches
 
@@ -235,3 +237,18 @@ def test_imagenet_without_val_folder_is_an_error(tmp_path):
     with pytest.raises(BlockDropError) as info:
         get_datasets(get_config("R101_ImgNet"), tmp_path)
     assert str(tmp_path / "val") in str(info.value)
+
+
+def test_digits_written_in_the_cifar10_layout_read_back_exactly(tmp_path):
+    (xtr, ytr), (xte, yte) = utils.digits_arrays()
+    folder = utils.digits_as_cifar10(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*CIFAR10_TRAIN, "test_batch"])
+    (rtr, rtr_labels), (rte, rte_labels) = cifar_arrays("C10", tmp_path)
+    assert np.array_equal(rtr, xtr) and np.array_equal(rtr_labels, ytr)
+    assert np.array_equal(rte, xte) and np.array_equal(rte_labels, yte)
+    # the rows are CIFAR's: 1024 red values, then green, then blue
+    with open(folder / "test_batch", "rb") as fh:
+        entry = pickle.load(fh, encoding="latin1")
+    assert np.array_equal(entry["data"], images_to_rows(xte)) and entry["labels"] == yte.tolist()
+    train, test = get_datasets(get_config("R32_C10"), tmp_path)
+    assert (len(train), len(test)) == (1437, 360)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import randomize_bn
+
 from models import CONFIGS, build_agent, build_resnet, get_config
 from models.resnet import Bottleneck, FlatResNet
 from utils import BlockDropError
@@ -100,8 +100,10 @@ def shapes_of(model) -> dict:
 # --------------------------------------------------------------------------
 # section 1: the registry
 # --------------------------------------------------------------------------
-def test_registry_holds_exactly_the_five_configurations():
-    assert sorted(CONFIGS) == sorted(ALL_MODELS)
+def test_registry_holds_the_five_spec_configurations():
+    assert set(ALL_MODELS) <= set(CONFIGS)
+    for name in ALL_MODELS:
+        assert CONFIGS[name].name == name
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -318,6 +320,40 @@ def test_dropping_all_blocks_leaves_stem_shortcuts_and_head(r32):
     for i in range(2):
         assert torch.allclose(batched[i:i + 1], r32.forward_single(x[i:i + 1], zeros[i]), atol=1e-10)
     assert torch.allclose(batched, _reference_cifar_forward(r32, x, [False] * 15), atol=1e-10)
+
+
+def _block_calls(net, x: torch.Tensor, policy: torch.Tensor) -> list[int]:
+    """How often each block's function runs in one masked forward pass."""
+    calls = [0] * net.num_blocks
+    handles = [net.blocks[s][i].register_forward_hook(lambda *_, t=t: calls.__setitem__(t, calls[t] + 1))
+               for t, (s, i) in enumerate(net.block_index)]
+    try:
+        net(x, policy)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+@torch.no_grad()
+def test_masked_form_skips_a_block_no_image_keeps_only_in_eval_mode():
+    torch.manual_seed(3)
+    net = build_resnet(get_config("R32_C10")).double()
+    x = _images(3, 32, 21)
+    policies = torch.ones(3, 15, dtype=torch.float64)
+    policies[1, ::2] = 0  # mixed policies ...
+    policies[2, 1::3] = 0
+    policies[:, [2, 9]] = 0  # ... and no image keeps blocks 2 and 9
+    expected = [0 if t in (2, 9) else 1 for t in range(15)]
+    assert _block_calls(net.eval(), x, policies) == expected
+    # in train mode every block runs (BN statistics move as in the original) ...
+    assert _block_calls(net.train(), x, policies) == [1] * 15
+    assert not torch.equal(net.blocks[0][2].bn1.running_mean, torch.zeros(16))
+    # ... and the outputs agree with running only the kept blocks
+    net.eval()
+    batched = net(x, policies)
+    for i in range(3):
+        assert torch.allclose(batched[i:i + 1], net.forward_single(x[i:i + 1], policies[i]), atol=1e-10)
 
 
 @torch.no_grad()

@@ -4,22 +4,39 @@ errors for bad inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import re
 import statistics
-import subprocess
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import (
-    CIFAR_BLOCK, CIFAR_FIRST_OF_STAGE, CIFAR_POLICY_NET_K54, CIFAR_STEM, CIFAR10_FOLDER, TEST_SCRIPT,
-    authors_agent_state, cifar_block_costs, cifar_fc_flops, constant_policy_agent, images_as_tensor,
-    randomize_bn, run_test_script, save_legacy, script_command, script_env, standard_layout, strip_nbt,
+    CIFAR10_FOLDER,
+    CIFAR_BLOCK,
+    CIFAR_FIRST_OF_STAGE,
+    CIFAR_POLICY_NET_K54,
+    CIFAR_STEM,
+    TEST_SCRIPT,
+    assert_one_line_error,
+    authors_agent_state,
+    cifar_block_costs,
+    cifar_fc_flops,
+    constant_policy_agent,
+    images_as_tensor,
+    randomize_bn,
+    run_concurrently,
+    run_test_script,
+    save_legacy,
+    script_command,
+    standard_layout,
+    strip_nbt,
     write_cifar10,
 )
+
 from models import build_agent, build_resnet, get_config
 
 REPORT_LINES = [
@@ -110,7 +127,7 @@ def test_a_constant_policy_is_one_unique_policy(constant_run):
 
 
 def test_flops_per_image_count_kept_blocks_and_the_policy_net(constant_run):
-    assert line_value(constant_run["lines"], "FLOPs/img") == "%.2E ± 0.00E+00" % spec_policy_flops(KEEP)
+    assert line_value(constant_run["lines"], "FLOPs/img") == f"{spec_policy_flops(KEEP):.2E} ± 0.00E+00"
 
 
 def test_json_holds_the_exact_flops(constant_run):
@@ -122,7 +139,7 @@ def test_json_holds_the_exact_flops(constant_run):
 
 
 def test_accuracy_matches_a_direct_computation(constant_run):
-    assert line_value(constant_run["lines"], "Accuracy") == "%.3f" % constant_run["expected_accuracy"]
+    assert line_value(constant_run["lines"], "Accuracy") == f"{constant_run['expected_accuracy']:.3f}"
     assert constant_run["json"]["accuracy"] == pytest.approx(constant_run["expected_accuracy"])
 
 
@@ -226,8 +243,17 @@ def mixed_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mixed_figures(mixed_run):
-    return mixed_run["module"].main(mixed_run["args"])
+def mixed_output(mixed_run):
+    """main(args) once: its returned figures and what it printed."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        figures = mixed_run["module"].main(mixed_run["args"])
+    return figures, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mixed_figures(mixed_output):
+    return mixed_output[0]
 
 
 def test_mixed_policies_setup_is_genuinely_mixed(mixed_run):
@@ -261,9 +287,9 @@ def test_mixed_accuracy_matches_a_direct_computation(mixed_run, mixed_figures):
     assert mixed_figures["accuracy"] == pytest.approx(mixed_run["expected_accuracy"])
 
 
-def test_main_prints_the_report_and_writes_json(mixed_run, mixed_figures, capsys):
-    figures = mixed_run["module"].main(mixed_run["args"])
-    lines = report_lines(capsys.readouterr().out)
+def test_main_prints_the_report_and_writes_json(mixed_run, mixed_output):
+    figures, stdout = mixed_output
+    lines = report_lines(stdout)
     assert len(lines) == 4
     for pattern, line in zip(REPORT_LINES, lines):
         assert re.match(pattern, line), (pattern, line)
@@ -305,25 +331,8 @@ def bad_runs(tmp_path_factory):
         "limit_zero": (["--model", "R32_C10", "--load", str(good), "--data_dir", d, "--limit", "0",
                         "--device", "cpu"], None),
     }
-    procs = {
-        name: subprocess.Popen(script_command(*args), cwd=str(cwd or tmp), env=script_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, (args, cwd) in cases.items()
-    }
-    results = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    results = run_concurrently({name: (script_command(*args), cwd or tmp) for name, (args, cwd) in cases.items()})
     return {"results": results, "tmp": tmp, "files": files}
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "error" in lines[0]
-    return lines[0]
 
 
 def test_unknown_model_is_one_line_listing_the_five_names(bad_runs):

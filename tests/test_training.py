@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import cl_training
-import finetune
 from engine import (
     RLConfig, force_prefix, learned_blocks, policy_loss, reward, train_step,
 )

@@ -1,0 +1,169 @@
+"""The whole BlockDrop pipeline on real images, offline, on a CPU, in minutes.
+
+    python demo.py            (or: make demo)
+
+On ``R32_Digits`` (scikit-learn's handwritten digits at 32x32):
+pretrain.py -> cl_training.py -> finetune.py -> test.py (full ResNet and
+BlockDrop) -> visualize.py, plus a small penalty sweep for the trade-off curve.
+Each step is printed as the command that reproduces it, and the run ends with
+a table of the full ResNet-32 against BlockDrop. Everything goes under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cl_training
+import pretrain
+import sweep
+import visualize
+from utils import ArgumentParser, BlockDropError, run_cli, write_json
+
+# The settings of the demo: the paper's recipe (alpha 0.8, beta 0.1, curriculum
+# penalty -1, finetuning penalty -5, Adam) on a schedule short enough for a CPU;
+# README "Results" says how they were chosen.
+DEFAULTS = {
+    "base_epochs": 12, "base_milestones": [6, 9], "base_batch_size": 64,
+    "cl_epochs": 5, "cl_step": 3, "cl_lr": 1e-3, "cl_penalty": -1.0,
+    "ft_epochs": 12, "ft_lr": 1e-3, "penalty": -5.0,
+    "batch_size": 128, "sweep_penalties": [-1.0, -10.0],
+}
+
+
+def get_args_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="demo.py", description="BlockDrop end to end on the digits, offline")
+    p.add_argument("--model", default="R32_Digits", help="configuration to run")
+    p.add_argument("--data_dir", default="data/", help="data set folder (unused by the digits)")
+    p.add_argument("--out", default="cv/demo/", help="output folder")
+    p.add_argument("--base_epochs", type=int, default=DEFAULTS["base_epochs"], help="pretraining epochs")
+    p.add_argument("--base_milestones", type=int, nargs="*", default=DEFAULTS["base_milestones"],
+                   help="pretraining epochs where the lr drops 10x")
+    p.add_argument("--base_batch_size", type=int, default=DEFAULTS["base_batch_size"],
+                   help="pretraining batch size")
+    p.add_argument("--cl_epochs", type=int, default=DEFAULTS["cl_epochs"], help="curriculum epochs after the first")
+    p.add_argument("--cl_step", type=int, default=DEFAULTS["cl_step"],
+                   help="curriculum: blocks handed to the policy per epoch")
+    p.add_argument("--cl_lr", type=float, default=DEFAULTS["cl_lr"], help="curriculum learning rate")
+    p.add_argument("--cl_penalty", type=float, default=DEFAULTS["cl_penalty"], help="curriculum penalty")
+    p.add_argument("--ft_epochs", type=int, default=DEFAULTS["ft_epochs"], help="finetuning epochs after the first")
+    p.add_argument("--ft_lr", type=float, default=DEFAULTS["ft_lr"], help="finetuning learning rate")
+    p.add_argument("--penalty", type=float, default=DEFAULTS["penalty"], help="finetuning penalty (gamma)")
+    p.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"],
+                   help="batch size of curriculum learning and finetuning")
+    p.add_argument("--sweep_penalties", type=float, nargs="*", default=DEFAULTS["sweep_penalties"],
+                   help="further penalties for the trade-off curve (none: no sweep)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--limit", type=int, default=None, help="profile only the first N test images")
+    return p
+
+
+def step(script: str, module, argv: list[str]):
+    """Print the command, then run the script's main in this process."""
+    print(f"\n$ python {script} {' '.join(argv)}", flush=True)
+    return module.main(module.get_args_parser().parse_args(argv))
+
+
+def table(full: dict, ours: dict, penalty: float) -> str:
+    """Full ResNet-32 against BlockDrop, the figures of ``test.py``."""
+    rows = [("full ResNet-32 *", full), (f"BlockDrop (penalty {penalty:g})", ours)]
+    lines = [f"{'':26s} {'accuracy':>8s}  {'blocks used':>14s}  {'FLOPs/img':>16s}  {'unique policies':>15s}"]
+    for name, f in rows:
+        share = f["flops"] / full["flops"]
+        blocks = f"{f['block_usage']:.2f} ± {f['block_usage_std']:.2f}"
+        lines.append(f"{name:26s} {f['accuracy']:8.3f}  {blocks:>14s}  "
+                     f"{f['flops']:.2E} ({share:4.0%})  {f['unique_policies']:15d}")
+    lines.append(f"* as test.py counts it, with the policy network: ResNet-32 {full['full_resnet_flops']:.2E} "
+                 f"+ policy network {full['policy_flops']:.2E}")
+    return "\n".join(lines)
+
+
+def set_aside(out: Path) -> Path:
+    """Rename an earlier run's folder to ``<out>-<its time>`` so a new run never
+    mixes with it and nothing of it is lost."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(out.stat().st_mtime))
+    kept = out.with_name(f"{out.name}-{stamp}")
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = out.with_name(f"{out.name}-{stamp}-{n}")
+    out.rename(kept)
+    return kept
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.cl_epochs < 0 or args.ft_epochs < 0 or args.base_epochs < 1:
+        raise BlockDropError("--base_epochs must be at least 1, --cl_epochs and --ft_epochs not negative")
+    if min(args.batch_size, args.base_batch_size, args.cl_step) < 1:
+        raise BlockDropError("--batch_size, --base_batch_size and --cl_step must be at least 1")
+    out = Path(args.out)
+    started = time.time()
+    if out.is_dir() and any(out.iterdir()):
+        kept = set_aside(out)
+        print(f"note: the earlier results in {out}/ were moved to {kept}/ (the demo starts afresh)")
+    common = ["--model", args.model, "--data_dir", args.data_dir, "--workers", str(args.workers)]
+    common += ["--device", args.device] if args.device else []
+    seed = ["--seed", str(args.seed)]
+    limit = ["--limit", str(args.limit)] if args.limit else []
+
+    base = step("pretrain.py", pretrain, common + seed + [
+        "--epochs", str(args.base_epochs), "--milestones", *map(str, args.base_milestones),
+        "--batch_size", str(args.base_batch_size), "--cv_dir", str(out / "pretrained")])
+
+    cl = step("cl_training.py", cl_training, common + seed + [
+        "--base", str(base), "--cv_dir", str(out / "cl"), "--lr", str(args.cl_lr),
+        "--penalty", str(args.cl_penalty), "--batch_size", str(args.batch_size), "--cl_step", str(args.cl_step),
+        "--max_epochs", str(args.cl_epochs), "--test_every", str(max(1, args.cl_epochs))])
+
+    sweep_args = sweep.get_args_parser().parse_args(common + seed + limit + [
+        "--pretrained", cl["checkpoint"], "--base", str(base), "--cv_dir", str(out / "sweep"),
+        "--penalties", *map(str, [args.penalty, *args.sweep_penalties]),
+        "--max_epochs", str(args.ft_epochs), "--lr", str(args.ft_lr),
+        "--batch_size", str(args.batch_size), "--test_every", str(max(1, args.ft_epochs))])
+    print(f"\n$ python sweep.py {' '.join(_argv_of(sweep_args))}", flush=True)
+    result = sweep.run_sweep(sweep_args)
+    full, ours = result["full"], result["runs"][0]
+
+    figures = out / "figures"
+    vis = step("visualize.py", visualize, common + limit + [
+        "--load", ours["checkpoint"], "--out", str(figures),
+        "--sweep", str(out / "sweep" / "sweep.json"), "--log_dir", str(out / "log")])
+
+    summary = {
+        "model": args.model, "penalty": args.penalty, "full": full, "blockdrop": ours,
+        "flops_ratio": ours["flops"] / full["flops"],
+        "accuracy_drop": full["accuracy"] - ours["accuracy"],
+        "base": str(base), "curriculum": cl["checkpoint"], "finetuned": ours["checkpoint"],
+        "figures": sorted(str(p) for p in vis.values() if str(p).endswith(".png")),
+        "sweep": str(out / "sweep" / "sweep.json"),
+        "minutes": (time.time() - started) / 60,
+        "settings": {k: getattr(args, k) for k in DEFAULTS},
+    }
+    write_json(out / "report.json", summary)
+    text = table(full, ours, args.penalty)
+    (out / "report.txt").write_text(text + "\n")
+    print("\n" + text)
+    print(f"\nBlockDrop: {summary['flops_ratio']:.1%} of the full network's FLOPs "
+          f"({ours['flops'] / full['full_resnet_flops']:.1%} of the ResNet-32 alone), accuracy "
+          f"{-100 * summary['accuracy_drop']:+.1f} points against the full ResNet-32 "
+          f"({summary['minutes']:.1f} minutes in all)")
+    print(f"written: {out / 'report.txt'}, {out / 'report.json'}, figures in {figures}/, "
+          f"sweep in {out / 'sweep'}/, TensorBoard logs in {out / 'log'}/ and each run's log/")
+    return summary
+
+
+def _argv_of(ns: argparse.Namespace) -> list[str]:
+    argv = []
+    for key, value in vars(ns).items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *map(str, values)]
+    return argv
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

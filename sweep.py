@@ -1,0 +1,133 @@
+"""The accuracy-against-FLOPs trade-off: one finetuned model per penalty.
+
+    python sweep.py --model R32_Digits --pretrained cv/demo/cl/ckpt_E_60_...t7 --penalties -1 -2 -5 -10 --cv_dir cv/demo/sweep
+
+Each penalty (the paper's gamma) is finetuned from the same curriculum
+checkpoint with ``finetune.py`` into ``<cv_dir>/penalty_<p>/`` and profiled
+with ``test.py``; the full ResNet is profiled once. Everything lands in
+``<cv_dir>/sweep.json`` and the curve in ``<cv_dir>/tradeoff.png``. A penalty
+whose ``run.json`` records the same settings (the same curriculum checkpoint and
+base, by content, and the same flags) is not finetuned again, so an interrupted
+sweep resumes; any other settings finetune it afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import finetune
+from models import get_config
+from utils import ArgumentParser, BlockDropError, find_default_base, load_script, run_cli, write_json
+
+profile_script = load_script("test")  # the project's test.py, not the standard library's test package
+
+
+def get_args_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="sweep.py", description="finetune and profile one BlockDrop model per penalty")
+    p.add_argument("--model", default="R32_Digits", help="R<depth>_<dataset>")
+    p.add_argument("--pretrained", required=True, help="curriculum checkpoint every run starts from")
+    p.add_argument("--penalties", type=float, nargs="+", default=[-1.0, -2.0, -5.0, -10.0],
+                   help="penalties (gamma) to finetune with")
+    p.add_argument("--cv_dir", default="cv/sweep/", help="output folder")
+    p.add_argument("--data_dir", default="data/", help="data set folder")
+    p.add_argument("--base", default=None, help="pretrained base ResNet (default: cv/pretrained/<model>/...)")
+    p.add_argument("--max_epochs", type=int, default=2000, help="finetuning epochs after the first")
+    p.add_argument("--lr", type=float, default=1e-4, help="finetuning learning rate")
+    p.add_argument("--batch_size", type=int, default=256, help="batch size")
+    p.add_argument("--test_every", type=int, default=10, help="evaluate and checkpoint every N epochs")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
+    p.add_argument("--workers", type=int, default=4, help="data loader workers")
+    p.add_argument("--limit", type=int, default=None, help="profile only the first N test images")
+    return p
+
+
+def penalty_dir(cv_dir: Path, penalty: float) -> Path:
+    return cv_dir / f"penalty_{penalty:g}"
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise BlockDropError(f"{path}: no such file")
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def base_sha256(args: argparse.Namespace) -> str | None:
+    """The content of the base ResNet the runs start from: ``--base`` or the default one."""
+    return file_sha256(args.base or find_default_base(get_config(args.model)))
+
+
+def run_settings(args: argparse.Namespace, penalty: float) -> dict:
+    """What decides a finetuned model: the files it starts from (by content) and the flags."""
+    return {"model": args.model, "penalty": penalty, "pretrained_sha256": file_sha256(args.pretrained),
+            "base_sha256": base_sha256(args), "max_epochs": args.max_epochs, "lr": args.lr,
+            "batch_size": args.batch_size, "test_every": args.test_every, "seed": args.seed,
+            "data_dir": args.data_dir, "limit": args.limit}
+
+
+def profile(args: argparse.Namespace, out: Path, load: Path | None, base: str | None) -> dict:
+    argv = ["--model", args.model, "--data_dir", args.data_dir, "--json", str(out)]
+    argv += ["--load", str(load)] if load else []
+    argv += ["--base", base] if base else []
+    argv += ["--device", args.device] if args.device else []
+    argv += ["--limit", str(args.limit)] if args.limit else []
+    print(f"$ python test.py {' '.join(argv)}", flush=True)
+    profile_script.main(profile_script.get_args_parser().parse_args(argv))
+    return json.loads(out.read_text())
+
+
+def cached(record: Path, settings: dict, compute) -> dict:
+    """The report stored in ``record`` when it was made with the same ``settings``;
+    otherwise ``compute()``, stored with them."""
+    done = json.loads(record.read_text()) if record.exists() else {}
+    if done.get("settings") != settings:
+        done = {"settings": settings, "report": compute()}
+        write_json(record, done)
+    return done["report"]
+
+
+def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path) -> dict:
+    argv = ["--model", args.model, "--data_dir", args.data_dir, "--pretrained", args.pretrained,
+            "--penalty", str(penalty), "--cv_dir", str(folder), "--max_epochs", str(args.max_epochs),
+            "--lr", str(args.lr), "--batch_size", str(args.batch_size),
+            "--test_every", str(args.test_every), "--workers", str(args.workers)]
+    argv += ["--base", args.base] if args.base else []
+    argv += ["--device", args.device] if args.device else []
+    argv += ["--seed", str(args.seed)] if args.seed is not None else []
+    print(f"$ python finetune.py {' '.join(argv)}", flush=True)
+    last = finetune.main(finetune.get_args_parser().parse_args(argv))
+    return profile(args, folder / "test.json", Path(last["checkpoint"]), None)
+
+
+def run_sweep(args: argparse.Namespace) -> dict:
+    cv_dir = Path(args.cv_dir)
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    full = cached(cv_dir / "full_run.json", {"model": args.model, "base_sha256": base_sha256(args),
+                                              "data_dir": args.data_dir, "limit": args.limit},
+                  lambda: profile(args, cv_dir / "full.json", None, args.base))
+    runs = []
+    for penalty in args.penalties:
+        folder = penalty_dir(cv_dir, penalty)
+        runs.append({"penalty": penalty, **cached(folder / "run.json", run_settings(args, penalty),
+                                                  lambda p=penalty, f=folder: finetune_and_profile(args, p, f))})
+    result = {"model": args.model, "pretrained": args.pretrained, "full": full, "runs": runs}
+    write_json(cv_dir / "sweep.json", result)
+
+    from visualize import save_figure, tradeoff_figure
+
+    save_figure(tradeoff_figure(full, runs), cv_dir / "tradeoff.png")
+    print(f"sweep written to {cv_dir / 'sweep.json'} and {cv_dir / 'tradeoff.png'}")
+    return result
+
+
+def main(args: argparse.Namespace) -> dict:
+    return run_sweep(args)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())
