@@ -8,7 +8,7 @@ e + 1 blocks and the ones before are kept.
 
 from __future__ import annotations
 
-from engine import add_training_flags, fit  # noqa: F401
+from engine import add_training_flags, fit
 from utils import ArgumentParser, run_cli
 
 

@@ -278,8 +278,12 @@ def fit(args, joint: bool, datasets: tuple | None = None) -> dict:
 
     from models import build_agent, build_resnet, get_config
     from utils import (
-        choose_device, get_datasets, load_blockdrop_checkpoint, load_default_or_given_base,
-        save_args, seed_everything,
+        choose_device,
+        get_datasets,
+        load_blockdrop_checkpoint,
+        load_default_or_given_base,
+        save_args,
+        seed_everything,
     )
 
     check_training_args(args)

@@ -22,8 +22,17 @@ from tqdm import tqdm
 
 from models import build_resnet, get_config
 from utils import (
-    PRETRAINED_DIR, ArgumentParser, BlockDropError, base_checkpoint_name, choose_device, get_datasets,
-    run_cli, save_args, save_checkpoint, seed_everything, to_standard_keys,
+    PRETRAINED_DIR,
+    ArgumentParser,
+    BlockDropError,
+    base_checkpoint_name,
+    choose_device,
+    get_datasets,
+    run_cli,
+    save_args,
+    save_checkpoint,
+    seed_everything,
+    to_standard_keys,
 )
 
 

@@ -20,8 +20,16 @@ from tqdm import tqdm
 from engine import greedy_policy, policy_stats
 from models import build_agent, build_resnet, get_config
 from utils import (
-    ArgumentParser, BlockDropError, agent_flops, choose_device, get_datasets, load_blockdrop_checkpoint,
-    load_default_or_given_base, resnet_flop_table, run_cli, write_json,
+    ArgumentParser,
+    BlockDropError,
+    agent_flops,
+    choose_device,
+    get_datasets,
+    load_blockdrop_checkpoint,
+    load_default_or_given_base,
+    resnet_flop_table,
+    run_cli,
+    write_json,
 )
 
 

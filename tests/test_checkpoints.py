@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.serialization
 import torchvision
+
 from conftest import (
     assert_same_weights,
     authors_agent_state,
@@ -19,7 +20,6 @@ from conftest import (
     standard_layout,
     strip_nbt,
 )
-
 from models import build_agent, build_resnet, get_config
 from models.policy import imagenet_policy
 from models.resnet import imagenet_resnet

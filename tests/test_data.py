@@ -8,10 +8,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import CIFAR10_FOLDER, CIFAR10_TRAIN, images_to_rows, write_cifar10, write_cifar_batch
 from PIL import Image
 
 import utils
+from conftest import CIFAR10_FOLDER, CIFAR10_TRAIN, images_to_rows, write_cifar10, write_cifar_batch
 from models import get_config
 from utils import BlockDropError, cifar_arrays, get_datasets, read_cifar_batches
 

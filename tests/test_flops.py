@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from conftest import (
     CIFAR_BLOCK,
     CIFAR_FIRST_OF_STAGE,
@@ -15,8 +17,6 @@ from conftest import (
     conv_flops,
     linear_flops,
 )
-from torch.utils.flop_counter import FlopCounterMode
-
 from models import get_config
 from utils import FlopCounter, agent_flops, resnet_flop_table
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_bn
 
+from conftest import randomize_bn
 from models import CONFIGS, build_agent, build_resnet, get_config
 from models.resnet import Bottleneck, FlatResNet
 from utils import BlockDropError

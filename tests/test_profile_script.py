@@ -14,6 +14,7 @@ import statistics
 import numpy as np
 import pytest
 import torch
+
 from conftest import (
     CIFAR10_FOLDER,
     CIFAR_BLOCK,
@@ -36,7 +37,6 @@ from conftest import (
     strip_nbt,
     write_cifar10,
 )
-
 from models import build_agent, build_resnet, get_config
 
 REPORT_LINES = [

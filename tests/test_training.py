@@ -13,13 +13,17 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import cl_training
+from conftest import ROOT, script_env, write_cifar10
 from engine import (
-    RLConfig, force_prefix, learned_blocks, policy_loss, reward, train_step,
+    RLConfig,
+    force_prefix,
+    learned_blocks,
+    policy_loss,
+    reward,
+    train_step,
 )
 from models import build_agent, build_resnet, get_config
 from utils import parse_base_checkpoint_name, parse_checkpoint_name, to_standard_keys
-
-from conftest import ROOT, script_env, write_cifar10
 
 NOOP_BLOCKS = [1, 2, 3, 6, 7, 8, 11, 12, 13]  # R32: 15 blocks, these made exact no-ops
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from conftest import (
     ROOT,
     assert_legible_png,
@@ -17,7 +18,6 @@ from conftest import (
     run_concurrently,
     strip_nbt,
 )
-
 from models import build_agent, build_resnet, get_config
 
 VISUALIZE = ROOT / "visualize.py"
