@@ -275,3 +275,18 @@ def test_scripts_import_without_running(tmp_path):
     for name in ("cl_training", "finetune", "pretrain", "test"):
         res = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True)
         assert res.returncode == 0 and res.stdout == "", res.stderr
+
+
+def test_parallel_without_two_gpus_says_so_and_trains_on_the_one_device(tmp_path, capsys):
+    cfg = get_config("R32_C10")
+    torch.manual_seed(0)
+    base = tmp_path / "base.t7"
+    torch.save({"state_dict": to_standard_keys(build_resnet(cfg).state_dict())}, base)
+    images, labels = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    args = cl_training.get_args_parser().parse_args(
+        ["--model", "R32_C10", "--base", str(base), "--cv_dir", str(tmp_path / "cv"), "--batch_size", "4",
+         "--max_epochs", "0", "--workers", "0", "--device", "cpu", "--parallel"])
+    result = cl_training.fit(args, joint=False, datasets=(TensorDataset(images, labels),) * 2)
+    out = capsys.readouterr().out
+    assert "--parallel needs 2 or more CUDA GPUs; running on cpu" in out
+    assert result["epoch"] == 0 and parse_checkpoint_name(result["checkpoint"])["epoch"] == 0
