@@ -19,7 +19,7 @@ import cl_training
 import pretrain
 import sweep
 import visualize
-from utils import ArgumentParser, BlockDropError, run_cli, write_json
+from utils import ArgumentParser, BlockDropError, run_cli, run_step, write_json
 
 # The settings of the demo: the paper's recipe (alpha 0.8, beta 0.1, curriculum
 # penalty -1, finetuning penalty -5, Adam) on a schedule short enough for a CPU;
@@ -59,12 +59,6 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data loader workers")
     p.add_argument("--limit", type=int, default=None, help="profile only the first N test images")
     return p
-
-
-def step(script: str, module, argv: list[str]):
-    """Print the command, then run the script's main in this process."""
-    print(f"\n$ python {script} {' '.join(argv)}", flush=True)
-    return module.main(module.get_args_parser().parse_args(argv))
 
 
 def table(full: dict, ours: dict, penalty: float) -> str:
@@ -109,11 +103,11 @@ def main(args: argparse.Namespace) -> dict:
     seed = ["--seed", str(args.seed)]
     limit = ["--limit", str(args.limit)] if args.limit else []
 
-    base = step("pretrain.py", pretrain, common + seed + [
+    base = run_step("pretrain.py", pretrain, common + seed + [
         "--epochs", str(args.base_epochs), "--milestones", *map(str, args.base_milestones),
         "--batch_size", str(args.base_batch_size), "--cv_dir", str(out / "pretrained")])
 
-    cl = step("cl_training.py", cl_training, common + seed + [
+    cl = run_step("cl_training.py", cl_training, common + seed + [
         "--base", str(base), "--cv_dir", str(out / "cl"), "--lr", str(args.cl_lr),
         "--penalty", str(args.cl_penalty), "--batch_size", str(args.batch_size), "--cl_step", str(args.cl_step),
         "--max_epochs", str(args.cl_epochs), "--test_every", str(max(1, args.cl_epochs))])
@@ -128,7 +122,7 @@ def main(args: argparse.Namespace) -> dict:
     full, ours = result["full"], result["runs"][0]
 
     figures = out / "figures"
-    vis = step("visualize.py", visualize, common + limit + [
+    vis = run_step("visualize.py", visualize, common + limit + [
         "--load", ours["checkpoint"], "--out", str(figures),
         "--sweep", str(out / "sweep" / "sweep.json"), "--log_dir", str(out / "log")])
 

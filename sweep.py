@@ -20,7 +20,15 @@ from pathlib import Path
 
 import finetune
 from models import get_config
-from utils import ArgumentParser, BlockDropError, find_default_base, load_script, run_cli, write_json
+from utils import (
+    ArgumentParser,
+    BlockDropError,
+    find_default_base,
+    load_script,
+    run_cli,
+    run_step,
+    write_json,
+)
 
 profile_script = load_script("test")  # the project's test.py, not the standard library's test package
 
@@ -62,10 +70,10 @@ def base_sha256(args: argparse.Namespace) -> str | None:
     return file_sha256(args.base or find_default_base(get_config(args.model)))
 
 
-def run_settings(args: argparse.Namespace, penalty: float) -> dict:
-    """What decides a finetuned model: the files it starts from (by content) and the flags."""
-    return {"model": args.model, "penalty": penalty, "pretrained_sha256": file_sha256(args.pretrained),
-            "base_sha256": base_sha256(args), "max_epochs": args.max_epochs, "lr": args.lr,
+def run_settings(args: argparse.Namespace, penalty: float, starts: dict) -> dict:
+    """What decides a finetuned model: the files it starts from (``starts``: their
+    SHA-256 digests) and the flags."""
+    return {"model": args.model, "penalty": penalty, **starts, "max_epochs": args.max_epochs, "lr": args.lr,
             "batch_size": args.batch_size, "test_every": args.test_every, "seed": args.seed,
             "data_dir": args.data_dir, "limit": args.limit}
 
@@ -76,8 +84,7 @@ def profile(args: argparse.Namespace, out: Path, load: Path | None, base: str | 
     argv += ["--base", base] if base else []
     argv += ["--device", args.device] if args.device else []
     argv += ["--limit", str(args.limit)] if args.limit else []
-    print(f"$ python test.py {' '.join(argv)}", flush=True)
-    profile_script.main(profile_script.get_args_parser().parse_args(argv))
+    run_step("test.py", profile_script, argv)
     return json.loads(out.read_text())
 
 
@@ -99,21 +106,21 @@ def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path)
     argv += ["--base", args.base] if args.base else []
     argv += ["--device", args.device] if args.device else []
     argv += ["--seed", str(args.seed)] if args.seed is not None else []
-    print(f"$ python finetune.py {' '.join(argv)}", flush=True)
-    last = finetune.main(finetune.get_args_parser().parse_args(argv))
+    last = run_step("finetune.py", finetune, argv)
     return profile(args, folder / "test.json", Path(last["checkpoint"]), None)
 
 
 def run_sweep(args: argparse.Namespace) -> dict:
     cv_dir = Path(args.cv_dir)
     cv_dir.mkdir(parents=True, exist_ok=True)
-    full = cached(cv_dir / "full_run.json", {"model": args.model, "base_sha256": base_sha256(args),
+    starts = {"pretrained_sha256": file_sha256(args.pretrained), "base_sha256": base_sha256(args)}
+    full = cached(cv_dir / "full_run.json", {"model": args.model, "base_sha256": starts["base_sha256"],
                                               "data_dir": args.data_dir, "limit": args.limit},
                   lambda: profile(args, cv_dir / "full.json", None, args.base))
     runs = []
     for penalty in args.penalties:
         folder = penalty_dir(cv_dir, penalty)
-        runs.append({"penalty": penalty, **cached(folder / "run.json", run_settings(args, penalty),
+        runs.append({"penalty": penalty, **cached(folder / "run.json", run_settings(args, penalty, starts),
                                                   lambda p=penalty, f=folder: finetune_and_profile(args, p, f))})
     result = {"model": args.model, "pretrained": args.pretrained, "full": full, "runs": runs}
     write_json(cv_dir / "sweep.json", result)

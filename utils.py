@@ -69,6 +69,13 @@ def load_script(name: str):
     return module
 
 
+def run_step(script: str, module, argv: list[str]):
+    """Print ``$ python <script> <argv>``, then run that script's ``main`` in this
+    process: how the pipeline scripts (demo, sweep) show each step as its command."""
+    print(f"\n$ python {script} {' '.join(map(str, argv))}", flush=True)
+    return module.main(module.get_args_parser().parse_args(list(map(str, argv))))
+
+
 def choose_device(name: str | None) -> torch.device:
     """``--device``: default CUDA when present, else CPU."""
     if not name:
