@@ -59,8 +59,10 @@ def reward(preds: torch.Tensor, targets: torch.Tensor, policy: torch.Tensor,
 
 
 def policy_stats(policies: torch.Tensor) -> dict:
-    """Mean and sample std (n - 1) of blocks used per image, and the number of distinct policies."""
-    used = policies.sum(1).double()
+    """Mean and sample std (n - 1) of blocks used per image, and the number of
+    distinct policies. In float32, as the original computes them, so that the
+    printed figures agree to the last digit (one image has no spread: 0)."""
+    used = policies.float().sum(1)
     std = used.std().item() if len(used) > 1 else 0.0
     unique = len({tuple(row) for row in policies.to(torch.int8).tolist()})
     return {"blocks": used.mean().item(), "blocks_std": std, "unique": unique}
@@ -119,7 +121,11 @@ def train_step(agent: nn.Module, resnet: nn.Module, inputs: torch.Tensor, target
     loss = policy_loss(keep_prob, policy, advantage, learned, cfg)
     if cfg.joint:
         loss = loss + F.cross_entropy(preds, targets)
-    optimizer.zero_grad(set_to_none=True)
+    # PyTorch 0.3's zero_grad zeroed gradients in place: a block that every image
+    # of this batch skips, but that ran before, still takes an Adam step with a
+    # zero gradient (its moments decay); one that never ran has no gradient and
+    # is left alone. ``set_to_none=False`` keeps exactly that.
+    optimizer.zero_grad(set_to_none=False)
     loss.backward()
     optimizer.step()
     return {"loss": loss.item(), "reward": reward_sample, "correct": correct, "policy": policy}
@@ -165,10 +171,19 @@ def summarize(correct: torch.Tensor, rewards: torch.Tensor, policies: torch.Tens
 # --------------------------------------------------------------------------
 # logging and checkpoints
 # --------------------------------------------------------------------------
+def _figures(stats: dict) -> str:
+    return (f"A: {stats['acc']:.3f} | R: {stats['reward']:.2E} | S: {stats['blocks']:.3f} | "
+            f"V: {stats['blocks_std']:.3f} | #: {stats['unique']}")
+
+
 def log_line(epoch: int, stats: dict) -> str:
-    """``E: %d | A: %.3f | R: %.2E | S: %.3f | V: %.3f | #: %d`` (SPEC section 6)."""
-    return (f"E: {epoch} | A: {stats['acc']:.3f} | R: {stats['reward']:.2E} | "
-            f"S: {stats['blocks']:.3f} | V: {stats['blocks_std']:.3f} | #: {stats['unique']}")
+    """The train line ``E: %d | A: %.3f | R: %.2E | S: %.3f | V: %.3f | #: %d`` (SPEC section 6)."""
+    return f"E: {epoch} | {_figures(stats)}"
+
+
+def test_line(stats: dict) -> str:
+    """The test line ``TS - A: %.3f | R: %.2E | S: %.3f | V: %.3f | #: %d``: as in the original, no epoch."""
+    return f"TS - {_figures(stats)}"
 
 
 TB_NAMES = {"acc": "accuracy", "reward": "reward", "blocks": "sparsity",
@@ -187,8 +202,7 @@ class RunLogger:
         self.rows = self.cv_dir / "metrics.jsonl"
 
     def log(self, split: str, epoch: int, stats: dict) -> None:
-        line = log_line(epoch, stats)
-        print(line if split == "train" else f"TS - {line}", flush=True)
+        print(log_line(epoch, stats) if split == "train" else test_line(stats), flush=True)
         for key, name in TB_NAMES.items():
             self.writer.add_scalar(f"{split}_{name}", stats[key], epoch)
         self.writer.flush()
@@ -290,17 +304,24 @@ def fit(args, joint: bool, datasets: tuple | None = None) -> dict:
     cfg = get_config(args.model)
     device = choose_device(args.device)
     seed_everything(args.seed)
-    resnet, agent = build_resnet(cfg), build_agent(cfg)
+    # Built in the original's order (ResNet, then agent) so that a seeded run draws
+    # the same random numbers; the ImageNet agent fetches its ResNet-18 start only
+    # when no checkpoint's agent replaces it.
+    agent_from_file = bool(args.load or (joint and getattr(args, "pretrained", None)))
+    resnet, agent = build_resnet(cfg), build_agent(cfg, resnet18_weights=not agent_from_file)
+    args.policy_start = agent.start if not agent_from_file else f"agent of {args.load or args.pretrained}"
     K = cfg.num_blocks
 
     start_epoch, resumed = 0, None
     if args.load:
         resumed = load_blockdrop_checkpoint(Path(args.load), cfg.name, agent, resnet if joint else None)
         start_epoch = int(resumed.get("epoch", -1)) + 1
+        print(f"loaded agent from {args.load}", flush=True)
     if not (joint and resumed and resumed["has_resnet"]):
         load_default_or_given_base(resnet, cfg, args.base)
     if joint and getattr(args, "pretrained", None) and not args.load:
         load_blockdrop_checkpoint(Path(args.pretrained), cfg.name, agent, None)
+        print(f"loaded pretrained model from {args.pretrained}", flush=True)
 
     trainset, testset = datasets or get_datasets(cfg, args.data_dir)
     pin = device.type == "cuda"
@@ -336,7 +357,11 @@ def fit(args, joint: bool, datasets: tuple | None = None) -> dict:
             lr = args.lr * args.lr_decay_ratio ** (epoch // args.epoch_step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            if epoch % args.epoch_step == 0:
+                print(f"# setting learning_rate to {lr:.2E}", flush=True)
             learned = K if joint else learned_blocks(epoch, K, args.cl_step)
+            if not joint:
+                print(f"training the last {learned} blocks ...", flush=True)
             stats = train_one_epoch(agent, resnet, trainloader, optimizer, device, learned, rl,
                                     desc=f"epoch {epoch}")
             logger.log("train", epoch, stats)

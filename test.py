@@ -109,7 +109,7 @@ def main(args: argparse.Namespace) -> dict:
         raise BlockDropError(f"--limit must be at least 1, got {args.limit}")
     cfg = get_config(args.model)
     device = choose_device(args.device)
-    resnet, agent = build_resnet(cfg), build_agent(cfg)
+    resnet, agent = build_resnet(cfg), build_agent(cfg, resnet18_weights=False)  # agent: --load, or unused
     source = {}
     if args.load:
         ckpt = load_blockdrop_checkpoint(Path(args.load), cfg.name, agent, resnet)

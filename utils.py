@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import pickle
@@ -170,6 +171,11 @@ def save_checkpoint(obj: dict, path: Path) -> Path:
     return _write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
+def converted_path(path: Path) -> Path:
+    """Where ``convert_base.py`` writes the plain state dict of a pickled base."""
+    return Path(path).with_name(Path(path).name + ".weights.t7")
+
+
 def load_state_file(path: Path) -> object:
     """``torch.load`` with ``weights_only=True`` onto the CPU (files saved on a
     GPU and files in the legacy non-zip format both load). Any failure to read
@@ -185,8 +191,10 @@ def load_state_file(path: Path) -> object:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "Weights only load failed" in first:
             raise BlockDropError(
-                f"{path}: holds pickled objects, not weights; save a state dict "
-                "(torch.save(model.state_dict(), path)) and load that"
+                f"{path}: holds pickled Python objects (for example a whole nn.Module), which a safe load "
+                f"refuses because unpickling them can run code; if you trust this file, convert it once with "
+                f"'python convert_base.py {path}' (it writes {converted_path(path).name}, a plain state dict, "
+                "beside it) and use that"
             ) from None
         raise BlockDropError(f"{path}: not a PyTorch checkpoint ({first})") from None
     except Exception as exc:  # truncated zip, random bytes, empty file, ...
@@ -391,6 +399,10 @@ CIFAR_SOURCES = {
 NO_DOWNLOAD_ENV = "BLOCKDROP_NO_DOWNLOAD"  # set to 1 to never try the network
 
 
+def downloads_allowed() -> bool:
+    return os.environ.get(NO_DOWNLOAD_ENV, "") not in ("1", "true", "yes")
+
+
 class ArrayDataset(Dataset):
     """Images as a uint8 N x H x W x 3 array with integer labels; ``transform``
     takes a float 3 x H x W tensor in [0, 1]."""
@@ -412,6 +424,24 @@ class ArrayDataset(Dataset):
         return image, self.labels[idx]
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR python batch holds (dicts, lists, strings and numpy
+    arrays) and refuses every other global, so a data file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # how protocol-2 pickles of Python 3 store bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(f"holds {module}.{name}, which a data file has no reason to hold")
+
+
 def read_cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
     """Read CIFAR python-layout batches (pickled dicts of ``data`` N x 3072 and
     labels) as they are, without checksums."""
@@ -420,7 +450,7 @@ def read_cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[
         path = folder / name
         try:
             with open(path, "rb") as fh:
-                entry = pickle.load(fh, encoding="latin1")
+                entry = _ArraysOnlyUnpickler(fh, encoding="latin1").load()
             data = entry.get("data", entry.get(b"data"))
             target = entry.get(label_key, entry.get(label_key.encode()))
             data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -487,7 +517,7 @@ def cifar_arrays(dataset: str, data_dir: Path, url: str | None = None):
     wanted = train_files + test_files
     if not all((root / f).is_file() for f in wanted):
         reason = f"set {NO_DOWNLOAD_ENV}"
-        if os.environ.get(NO_DOWNLOAD_ENV, "") not in ("1", "true", "yes"):
+        if downloads_allowed():
             try:
                 download_cifar(dataset, Path(data_dir), url)
                 reason = ""
@@ -597,10 +627,13 @@ PRETRAINED_DIR = Path("cv/pretrained")
 
 
 def find_default_base(cfg) -> Path | None:
-    """The configuration's default base (SPEC section 1) or, when that file is
+    """The configuration's default base (SPEC section 1), its plain state dict
+    written by ``convert_base.py`` when there is one, or, when that file is
     absent, the newest ``pk_E_<epoch>_A_<acc>.t7`` that ``pretrain.py`` wrote
     in the same folder."""
     path = PRETRAINED_DIR / cfg.pretrained
+    if converted_path(path).is_file():  # the default file was a pickle, converted by convert_base.py
+        return converted_path(path)
     if path.is_file():
         return path
     candidates = []

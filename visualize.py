@@ -480,7 +480,7 @@ def main(args: argparse.Namespace) -> dict:
     sweep = load_sweep(Path(args.sweep)) if args.sweep else None
     device = choose_device(args.device)
     ckpt_path = Path(args.load)
-    resnet, agent = build_resnet(cfg), build_agent(cfg)
+    resnet, agent = build_resnet(cfg), build_agent(cfg, resnet18_weights=False)  # the agent comes from --load
     ckpt = load_blockdrop_checkpoint(ckpt_path, cfg.name, agent, resnet)
     if not ckpt["has_resnet"]:
         load_default_or_given_base(resnet, cfg, args.base)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from utils import BlockDropError
 
@@ -73,7 +74,9 @@ def build_resnet(cfg: ModelConfig) -> FlatResNet:
     return imagenet_resnet(cfg.depth, cfg.num_classes)
 
 
-def build_agent(cfg: ModelConfig) -> PolicyNet:
+def build_agent(cfg: ModelConfig, resnet18_weights: bool | Path = True) -> PolicyNet:
+    """The policy network. ``resnet18_weights`` is the ImageNet policy's start
+    (see ``imagenet_policy``); ``False`` when a checkpoint's agent is loaded next."""
     if cfg.arch == "cifar":
         return cifar_policy(cfg.num_blocks)
-    return imagenet_policy(cfg.num_blocks)
+    return imagenet_policy(cfg.num_blocks, resnet18_weights)

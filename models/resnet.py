@@ -186,17 +186,17 @@ class FlatResNet(nn.Module):
         return self.head(x)
 
     def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
-        """Batched masked form (training): every block runs for every image and
-        ``x = u * relu(shortcut + f(x)) + (1 - u) * shortcut`` per image.
+        """Batched masked form (training): a block that any image keeps runs for
+        every image and ``x = u * relu(shortcut + f(x)) + (1 - u) * shortcut`` per image.
         ``policy`` is B x K (0/1 floats); ``None`` runs the full network."""
         if policy is None:
             return self.forward_full(x)
         self._check_policy(policy, batched=True)
-        # In eval mode a block that no image of the batch keeps is skipped: its
-        # output would be multiplied by zero everywhere. In train mode it still
-        # runs, as in the original, so that its BN statistics and its (zero)
-        # gradient are exactly what the authors' code produced.
-        runs = [True] * self.num_blocks if self.training else policy.bool().any(0).tolist()
+        # A block that no image of the batch keeps is not run at all, in train mode
+        # as in eval mode (the original tests the policy column's sum): its output
+        # would be multiplied by zero, its BN running statistics stay as they were
+        # and it gets no new gradient.
+        runs = policy.bool().any(0).tolist()
         x = self.stem(x)
         for t, (s, i) in enumerate(self.block_index):
             shortcut = self._shortcut(x, s, i)

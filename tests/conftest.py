@@ -14,6 +14,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# No test touches the network, and none sees weights a developer keeps in the torch hub cache.
+os.environ["BLOCKDROP_NO_DOWNLOAD"] = "1"
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="blockdrop-tests-torch-home-")
 
 TEST_SCRIPT = ROOT / "test.py"
 CIFAR10_FOLDER = "cifar-10-batches-py"

@@ -336,21 +336,33 @@ def _block_calls(net, x: torch.Tensor, policy: torch.Tensor) -> list[int]:
 
 
 @torch.no_grad()
-def test_masked_form_skips_a_block_no_image_keeps_only_in_eval_mode():
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_masked_form_skips_a_block_no_image_keeps_in_train_and_eval_mode(mode):
     torch.manual_seed(3)
-    net = build_resnet(get_config("R32_C10")).double()
+    net = randomize_bn(build_resnet(get_config("R32_C10")).double(), seed=3).train(mode == "train")
     x = _images(3, 32, 21)
     policies = torch.ones(3, 15, dtype=torch.float64)
     policies[1, ::2] = 0  # mixed policies ...
     policies[2, 1::3] = 0
     policies[:, [2, 9]] = 0  # ... and no image keeps blocks 2 and 9
-    expected = [0 if t in (2, 9) else 1 for t in range(15)]
-    assert _block_calls(net.eval(), x, policies) == expected
-    # in train mode every block runs (BN statistics move as in the original) ...
-    assert _block_calls(net.train(), x, policies) == [1] * 15
-    assert not torch.equal(net.blocks[0][2].bn1.running_mean, torch.zeros(16))
-    # ... and the outputs agree with running only the kept blocks
-    net.eval()
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    assert _block_calls(net, x, policies) == [0 if t in (2, 9) else 1 for t in range(15)]
+    for name, before in buffers.items():
+        moved = not torch.equal(before, dict(net.named_buffers())[name])
+        # a skipped block's BN statistics and num_batches_tracked stay put; in train mode the others move
+        skipped = name.startswith(("blocks.0.2.", "blocks.1.4."))
+        assert moved == (mode == "train" and not skipped), name
+
+
+@torch.no_grad()
+def test_masked_form_gives_the_outputs_of_running_only_the_kept_blocks():
+    torch.manual_seed(3)
+    net = randomize_bn(build_resnet(get_config("R32_C10")).double(), seed=3).eval()
+    x = _images(3, 32, 21)
+    policies = torch.ones(3, 15, dtype=torch.float64)
+    policies[1, ::2] = 0
+    policies[2, 1::3] = 0
+    policies[:, [2, 9]] = 0
     batched = net(x, policies)
     for i in range(3):
         assert torch.allclose(batched[i:i + 1], net.forward_single(x[i:i + 1], policies[i]), atol=1e-10)

@@ -207,10 +207,13 @@ def spread_agent(agent, x: torch.Tensor) -> torch.Tensor:
         column = proj[:, k].sort().values
         j = k % (len(column) - 1)
         bias[k] = -(column[j] + column[j + 1]) / 2
-    agent.logit.weight.copy_(weight)
-    agent.logit.bias.copy_(bias)
+    margin = (proj + bias).abs().min()
+    assert margin > 0  # no image exactly on a threshold
+    stretch = max(1.0, 1.0 / margin.item())  # every logit at least 1 away from 0
+    agent.logit.weight.copy_(weight * stretch)
+    agent.logit.bias.copy_(bias * stretch)
     logits = agent.logit(feature)
-    assert logits.abs().min() > 1e-2  # no decision near p = 0.5
+    assert logits.abs().min() > 0.5  # no decision near p = 0.5
     return (logits > 0).float()
 
 

@@ -108,6 +108,56 @@ def test_finetuning_step_changes_both_networks():
     assert not torch.equal(a0["features.conv1.weight"], agent.state_dict()["features.conv1.weight"])
 
 
+def _fix_policy(agent, keep: list[bool]) -> None:
+    """Logit weights 0, biases +-30: with alpha 1 every image samples exactly this policy."""
+    with torch.no_grad():
+        agent.logit.weight.zero_()
+        agent.logit.bias.copy_(torch.tensor([30.0 if k else -30.0 for k in keep]))
+
+
+def test_a_block_the_whole_batch_skips_keeps_its_bn_statistics_and_takes_adams_zero_gradient_step():
+    torch.manual_seed(0)
+    cfg = get_config("R32_C10")
+    resnet, agent = build_resnet(cfg).train(), build_agent(cfg).train()
+    optimizer = torch.optim.Adam(list(agent.parameters()) + list(resnet.parameters()), lr=1e-2)
+    x, y = _small_batch(8)
+    rl = RLConfig(alpha=1.0, penalty=-5, joint=True)
+    skipped, never = 3, 11  # block 3 runs in step 1 only; block 11 never runs
+    block = resnet.blocks[0][3]
+    idle = resnet.blocks[2][1]
+    idle_before = copy.deepcopy(idle.state_dict())
+
+    _fix_policy(agent, [t != never for t in range(15)])
+    out = train_step(agent, resnet, x, y, optimizer, 15, rl)
+    assert out["policy"][:, skipped].all() and not out["policy"][:, never].any()
+    buffers = {k: v.clone() for k, v in block.named_buffers()}
+    params = {k: v.detach().clone() for k, v in block.named_parameters()}
+    reference = {k: (v.detach().clone().requires_grad_(), copy.deepcopy(optimizer.state[v]))
+                 for k, v in block.named_parameters()}
+
+    _fix_policy(agent, [t not in (skipped, never) for t in range(15)])
+    out = train_step(agent, resnet, x, y, optimizer, 15, rl)
+    assert not out["policy"][:, skipped].any() and not out["policy"][:, never].any()
+    # the skipped block did not run: BN running statistics and num_batches_tracked stay put ...
+    for name, value in block.named_buffers():
+        assert torch.equal(value, buffers[name]), name
+    # ... and, its gradient zeroed in place (PyTorch 0.3), Adam moved it with a zero gradient
+    for name, param in block.named_parameters():
+        assert param.grad is not None and not param.grad.any(), name
+        ref_param, ref_state = reference[name]
+        ref_opt = torch.optim.Adam([ref_param], lr=1e-2)
+        ref_opt.state[ref_param] = ref_state
+        ref_param.grad = torch.zeros_like(ref_param)
+        ref_opt.step()
+        assert not torch.equal(param.detach(), params[name]), name
+        assert torch.allclose(param.detach(), ref_param.detach(), rtol=0, atol=1e-7), name
+    # a block that never ran has no gradient and no Adam state: untouched
+    for name, param in idle.named_parameters():
+        assert param.grad is None and param not in optimizer.state, name
+    for name, value in idle.state_dict().items():
+        assert torch.equal(value, idle_before[name]), name
+
+
 @pytest.mark.parametrize("joint", [False, True])
 def test_reinforce_step_raises_the_probability_of_an_action_with_positive_advantage(joint):
     torch.manual_seed(0)
@@ -206,7 +256,7 @@ def test_pretrain_then_curriculum_then_finetune_then_test(tmp_path):
                     "--cv_dir", "cv/cl", cwd=tmp_path)
     assert cl.returncode == 0, cl.stderr
     assert [ln.split(" | ")[0] for ln in cl.stdout.splitlines() if ln.startswith("E: ")] == ["E: 0", "E: 1", "E: 2"]
-    assert sum(ln.startswith("TS - E: ") for ln in cl.stdout.splitlines()) == 3
+    assert sum(ln.startswith("TS - A: ") for ln in cl.stdout.splitlines()) == 3
     cl_ckpts = sorted((tmp_path / "cv/cl").glob("ckpt_E_*.t7"), key=lambda p: parse_checkpoint_name(p)["epoch"])
     assert [parse_checkpoint_name(p)["epoch"] for p in cl_ckpts] == [0, 1, 2]
     cl_ckpt = cl_ckpts[-1]
