@@ -8,8 +8,8 @@ e + 1 blocks and the ones before are kept.
 
 from __future__ import annotations
 
-from engine import add_training_flags, fit
-from utils import ArgumentParser, run_cli
+from engine import TrainConfig, fit
+from utils.cli import ArgumentParser, add_training_flags, run_cli
 
 
 def get_args_parser() -> ArgumentParser:
@@ -19,7 +19,7 @@ def get_args_parser() -> ArgumentParser:
 
 
 def main(args) -> dict:
-    return fit(args, joint=False)
+    return fit(TrainConfig.from_args(args, joint=False))
 
 
 if __name__ == "__main__":

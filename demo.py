@@ -19,7 +19,17 @@ import cl_training
 import pretrain
 import sweep
 import visualize
-from utils import ArgumentParser, BlockDropError, run_cli, run_step, write_json
+from utils.checkpoints import write_json
+from utils.cli import (
+    ArgumentParser,
+    add_device_flag,
+    add_model_flag,
+    finite_float,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+    run_step,
+)
 
 # The settings of the demo: the paper's recipe (alpha 0.8, beta 0.1, curriculum
 # penalty -1, finetuning penalty -5, Adam) on a schedule short enough for a CPU;
@@ -34,30 +44,32 @@ DEFAULTS = {
 
 def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="demo.py", description="BlockDrop end to end on the digits, offline")
-    p.add_argument("--model", default="R32_Digits", help="configuration to run")
+    add_model_flag(p, "R32_Digits")
     p.add_argument("--data_dir", default="data/", help="data set folder (unused by the digits)")
     p.add_argument("--out", default="cv/demo/", help="output folder")
-    p.add_argument("--base_epochs", type=int, default=DEFAULTS["base_epochs"], help="pretraining epochs")
-    p.add_argument("--base_milestones", type=int, nargs="*", default=DEFAULTS["base_milestones"],
+    p.add_argument("--base_epochs", type=positive_int, default=DEFAULTS["base_epochs"], help="pretraining epochs")
+    p.add_argument("--base_milestones", type=positive_int, nargs="*", default=DEFAULTS["base_milestones"],
                    help="pretraining epochs where the lr drops 10x")
-    p.add_argument("--base_batch_size", type=int, default=DEFAULTS["base_batch_size"],
+    p.add_argument("--base_batch_size", type=positive_int, default=DEFAULTS["base_batch_size"],
                    help="pretraining batch size")
-    p.add_argument("--cl_epochs", type=int, default=DEFAULTS["cl_epochs"], help="curriculum epochs after the first")
-    p.add_argument("--cl_step", type=int, default=DEFAULTS["cl_step"],
+    p.add_argument("--cl_epochs", type=nonnegative_int, default=DEFAULTS["cl_epochs"],
+                   help="curriculum epochs after the first")
+    p.add_argument("--cl_step", type=positive_int, default=DEFAULTS["cl_step"],
                    help="curriculum: blocks handed to the policy per epoch")
-    p.add_argument("--cl_lr", type=float, default=DEFAULTS["cl_lr"], help="curriculum learning rate")
-    p.add_argument("--cl_penalty", type=float, default=DEFAULTS["cl_penalty"], help="curriculum penalty")
-    p.add_argument("--ft_epochs", type=int, default=DEFAULTS["ft_epochs"], help="finetuning epochs after the first")
-    p.add_argument("--ft_lr", type=float, default=DEFAULTS["ft_lr"], help="finetuning learning rate")
-    p.add_argument("--penalty", type=float, default=DEFAULTS["penalty"], help="finetuning penalty (gamma)")
-    p.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"],
+    p.add_argument("--cl_lr", type=finite_float, default=DEFAULTS["cl_lr"], help="curriculum learning rate")
+    p.add_argument("--cl_penalty", type=finite_float, default=DEFAULTS["cl_penalty"], help="curriculum penalty")
+    p.add_argument("--ft_epochs", type=nonnegative_int, default=DEFAULTS["ft_epochs"],
+                   help="finetuning epochs after the first")
+    p.add_argument("--ft_lr", type=finite_float, default=DEFAULTS["ft_lr"], help="finetuning learning rate")
+    p.add_argument("--penalty", type=finite_float, default=DEFAULTS["penalty"], help="finetuning penalty (gamma)")
+    p.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"],
                    help="batch size of curriculum learning and finetuning")
-    p.add_argument("--sweep_penalties", type=float, nargs="*", default=DEFAULTS["sweep_penalties"],
+    p.add_argument("--sweep_penalties", type=finite_float, nargs="*", default=DEFAULTS["sweep_penalties"],
                    help="further penalties for the trade-off curve (none: no sweep)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
-    p.add_argument("--limit", type=int, default=None, help="profile only the first N test images")
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="data loader workers")
+    p.add_argument("--limit", type=positive_int, default=None, help="profile only the first N test images")
     return p
 
 
@@ -89,10 +101,6 @@ def set_aside(out: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> dict:
-    if args.cl_epochs < 0 or args.ft_epochs < 0 or args.base_epochs < 1:
-        raise BlockDropError("--base_epochs must be at least 1, --cl_epochs and --ft_epochs not negative")
-    if min(args.batch_size, args.base_batch_size, args.cl_step) < 1:
-        raise BlockDropError("--batch_size, --base_batch_size and --cl_step must be at least 1")
     out = Path(args.out)
     started = time.time()
     if out.is_dir() and any(out.iterdir()):

@@ -1,4 +1,6 @@
-"""The BlockDrop engine, shared by ``cl_training.py``, ``finetune.py`` and ``test.py``.
+"""The BlockDrop engine, shared by the scripts: sampling policies, the reward,
+the REINFORCE loss, one training epoch, the one prediction loop, logging, and
+``fit``, the training driver of ``cl_training.py`` and ``finetune.py``.
 
 Symbols as in the paper: K blocks, policy u in {0,1}^K, alpha bounds the
 exploration probabilities away from 0 and 1, beta weighs the entropy bonus,
@@ -7,28 +9,35 @@ exploration probabilities away from 0 and 1, beta weighs the entropy bonus,
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Bernoulli
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from utils import checkpoint_name, save_checkpoint
+from models import BlockDrop, build_agent, build_resnet, force_prefix, get_config, greedy_policy
+from utils.checkpoints import (
+    load_blockdrop_checkpoint,
+    load_default_or_given_base,
+    load_policy_start,
+    save_args,
+    save_blockdrop_checkpoint,
+)
+from utils.cli import BlockDropError, choose_device, seed_everything
+from utils.data import get_datasets
 
 
 # --------------------------------------------------------------------------
 # policies and rewards
 # --------------------------------------------------------------------------
-def greedy_policy(keep_prob: torch.Tensor) -> torch.Tensor:
-    """u_map = (p >= 0.5), as floats."""
-    return (keep_prob >= 0.5).to(keep_prob.dtype)
-
-
 def exploration_prob(keep_prob: torch.Tensor, alpha: float) -> torch.Tensor:
     """p' = alpha * p + (1 - alpha) * (1 - p): keeps every block's probability
     inside [1 - alpha, alpha] so sampling keeps exploring."""
@@ -41,19 +50,14 @@ def learned_blocks(epoch: int, num_blocks: int, cl_step: int = 1) -> int:
     return max(1, min(cl_step * (epoch + 1), num_blocks))
 
 
-def force_prefix(policy: torch.Tensor, learned: int) -> torch.Tensor:
-    """Set the first K - learned entries of each policy to 1 (a copy)."""
-    policy = policy.clone()
-    policy[:, : policy.shape[1] - learned] = 1
-    return policy
-
-
 def reward(preds: torch.Tensor, targets: torch.Tensor, policy: torch.Tensor,
            penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
     """R = 1 - (|u|_1 / K)^2 for a correct prediction, ``penalty`` for a wrong one.
+    ``preds`` are logits (B x classes) or predicted classes (B).
     Returns (reward B, correct B as floats)."""
     block_use = policy.sum(1) / policy.shape[1]
-    correct = (preds.argmax(1) == targets).to(policy.dtype)
+    predicted = preds.argmax(1) if preds.dim() == 2 else preds
+    correct = (predicted == targets).to(policy.dtype)
     sparse = 1.0 - block_use ** 2
     return torch.where(correct.bool(), sparse, torch.full_like(sparse, penalty)), correct
 
@@ -68,8 +72,12 @@ def policy_stats(policies: torch.Tensor) -> dict:
     return {"blocks": used.mean().item(), "blocks_std": std, "unique": unique}
 
 
+def summarize(correct: torch.Tensor, rewards: torch.Tensor, policies: torch.Tensor) -> dict:
+    return {"acc": correct.mean().item(), "reward": rewards.mean().item(), **policy_stats(policies)}
+
+
 # --------------------------------------------------------------------------
-# one training epoch, one evaluation
+# one training step, one epoch
 # --------------------------------------------------------------------------
 @dataclass
 class RLConfig:
@@ -77,10 +85,6 @@ class RLConfig:
     penalty: float = -1.0
     beta: float = 0.1
     joint: bool = False  # False: curriculum (ResNet frozen); True: joint finetuning
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.DataParallel) else model
 
 
 def policy_loss(keep_prob: torch.Tensor, policy: torch.Tensor, advantage: torch.Tensor,
@@ -145,31 +149,37 @@ def train_one_epoch(agent: nn.Module, resnet: nn.Module, loader, optimizer, devi
     return summarize(torch.cat(corrects), torch.cat(rewards), torch.cat(policies))
 
 
+# --------------------------------------------------------------------------
+# prediction: the one evaluation loop
+# --------------------------------------------------------------------------
 @torch.no_grad()
+def predict(model: BlockDrop, loader, device: torch.device, learned: int | None = None,
+            desc: str = "test") -> dict:
+    """The greedy policy and the prediction of every image of ``loader``, in
+    order, in eval mode. Returns CPU tensors: ``policies`` N x K (0/1 floats),
+    ``preds`` N, ``targets`` N, ``correct`` N (bool)."""
+    model.eval()
+    policies, preds, targets = [], [], []
+    for inputs, target in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        logits, policy = model(inputs.to(device, non_blocking=True), learned)
+        policies.append(policy.cpu())
+        preds.append(logits.argmax(1).cpu())
+        targets.append(target)
+    policies, preds, targets = torch.cat(policies), torch.cat(preds), torch.cat(targets)
+    return {"policies": policies, "preds": preds, "targets": targets, "correct": preds == targets}
+
+
 def evaluate(agent: nn.Module, resnet: nn.Module, loader, device: torch.device,
              learned: int, penalty: float, desc: str = "test") -> dict:
-    """Greedy policy (with the same forced-on prefix) on the test set."""
-    agent.eval()
-    resnet.eval()
-    rewards, corrects, policies = [], [], []
-    for inputs, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        keep_prob, _ = agent(inputs)
-        policy = force_prefix(greedy_policy(keep_prob), learned)
-        preds = resnet(inputs, policy)
-        r, correct = reward(preds, targets, policy, penalty)
-        rewards.append(r.cpu())
-        corrects.append(correct.cpu())
-        policies.append(policy.cpu())
-    return summarize(torch.cat(corrects), torch.cat(rewards), torch.cat(policies))
-
-
-def summarize(correct: torch.Tensor, rewards: torch.Tensor, policies: torch.Tensor) -> dict:
-    return {"acc": correct.mean().item(), "reward": rewards.mean().item(), **policy_stats(policies)}
+    """Greedy policy (with the curriculum's forced-on prefix) on the test set:
+    accuracy, mean reward, blocks used and unique policies."""
+    out = predict(BlockDrop(agent, resnet), loader, device, learned, desc)
+    rewards, correct = reward(out["preds"], out["targets"], out["policies"], penalty)
+    return summarize(correct, rewards, out["policies"])
 
 
 # --------------------------------------------------------------------------
-# logging and checkpoints
+# logging
 # --------------------------------------------------------------------------
 def _figures(stats: dict) -> str:
     return (f"A: {stats['acc']:.3f} | R: {stats['reward']:.2E} | S: {stats['blocks']:.3f} | "
@@ -195,7 +205,7 @@ class RunLogger:
     and one JSON row per epoch in ``cv_dir/metrics.jsonl``."""
 
     def __init__(self, cv_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # slow to import: only where training logs
 
         self.cv_dir = Path(cv_dir)
         self.writer = SummaryWriter(str(self.cv_dir / "log"))
@@ -218,159 +228,159 @@ def _plain(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def save_blockdrop_checkpoint(cv_dir: Path, epoch: int, stats: dict, agent: nn.Module,
-                              resnet: nn.Module | None, optimizer, args) -> Path:
-    """Write ``ckpt_E_..._#_....t7`` with the authors' entries (``agent``,
-    ``resnet`` when it was trained, ``epoch``, ``reward``, ``acc``) plus the
-    figures, the run's arguments and the optimizer state for resuming."""
-    name = checkpoint_name(epoch, stats["acc"], stats["reward"], stats["blocks"], stats["unique"])
-    obj = {
-        "agent": unwrap(agent).state_dict(),
-        "epoch": epoch,
-        "reward": stats["reward"],
-        "acc": stats["acc"],
-        "blocks": stats["blocks"],
-        "blocks_std": stats["blocks_std"],
-        "unique": stats["unique"],
-        "optimizer": optimizer.state_dict(),
-        "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
-    }
-    if resnet is not None:
-        obj["resnet"] = unwrap(resnet).state_dict()
-    return save_checkpoint(obj, Path(cv_dir) / name)
-
-
 # --------------------------------------------------------------------------
 # the training driver shared by cl_training.py and finetune.py
 # --------------------------------------------------------------------------
-def add_training_flags(parser, *, lr: float, epoch_step: int, max_epochs: int, penalty: float,
-                       batch_size: int = 256) -> None:
-    """The original flags (SPEC sections 4 and 5) with their defaults, plus the new ones."""
-    p = parser
-    p.add_argument("--lr", type=float, default=lr, help="learning rate")
-    p.add_argument("--beta", type=float, default=1e-1, help="entropy bonus weight (curriculum only)")
-    p.add_argument("--wd", type=float, default=0.0, help="weight decay")
-    p.add_argument("--model", default="R110_C10", help="R<depth>_<dataset>")
-    p.add_argument("--data_dir", default="data/", help="data set folder")
-    p.add_argument("--load", default=None, help="checkpoint to resume from (its epoch + 1 is the first)")
-    p.add_argument("--cv_dir", default="cv/tmp/", help="folder for checkpoints and logs")
-    p.add_argument("--batch_size", type=int, default=batch_size, help="batch size")
-    p.add_argument("--epoch_step", type=int, default=epoch_step, help="epochs between learning-rate decays")
-    p.add_argument("--max_epochs", type=int, default=max_epochs, help="epochs to run after the first")
-    p.add_argument("--lr_decay_ratio", type=float, default=0.1, help="learning-rate decay factor")
-    p.add_argument("--parallel", action="store_true", default=False, help="use every visible GPU")
-    p.add_argument("--cl_step", type=int, default=1,
-                   help="curriculum: blocks handed to the policy per epoch")
-    p.add_argument("--penalty", type=float, default=penalty, help="reward of a wrong prediction (gamma)")
-    p.add_argument("--alpha", type=float, default=0.8, help="probability bound for exploration")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
-    p.add_argument("--workers", type=int, default=4, help="data loader workers")
-    p.add_argument("--test_every", type=int, default=10, help="evaluate and checkpoint every N epochs")
-    p.add_argument("--base", default=None, help="pretrained base ResNet (default: cv/pretrained/<model>/...)")
+@dataclass
+class TrainConfig:
+    """A training run: the scripts' flags (SPEC sections 4 and 5) and which of
+    the two phases it is (``joint``: finetuning, else curriculum learning)."""
+
+    joint: bool
+    model: str = "R110_C10"
+    data_dir: str = "data/"
+    cv_dir: str = "cv/tmp/"
+    load: str | None = None
+    pretrained: str | None = None  # finetuning only: the curriculum checkpoint's agent
+    base: str | None = None
+    lr: float = 1e-3
+    beta: float = 0.1
+    wd: float = 0.0
+    batch_size: int = 256
+    epoch_step: int = 10000
+    max_epochs: int = 10000
+    lr_decay_ratio: float = 0.1
+    cl_step: int = 1
+    penalty: float = -1.0
+    alpha: float = 0.8
+    parallel: bool = False
+    device: str | None = None
+    seed: int | None = None
+    workers: int = 4
+    test_every: int = 10
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, joint: bool) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(joint=joint, **{k: v for k, v in vars(args).items() if k in names})
+
+    def flags(self) -> dict:
+        """The flags of the run's script, as ``args.txt`` and the checkpoints record them."""
+        out = asdict(self)
+        del out["joint"]
+        if not self.joint:
+            del out["pretrained"]  # cl_training.py has no such flag
+        return out
 
 
-def check_training_args(args) -> None:
-    from utils import BlockDropError
-
-    for name in ("batch_size", "epoch_step", "test_every", "cl_step"):
-        if getattr(args, name) < 1:
-            raise BlockDropError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.max_epochs < 0 or args.workers < 0:
-        raise BlockDropError("--max_epochs and --workers must not be negative")
-    if not 0.5 <= args.alpha <= 1.0:
-        raise BlockDropError(f"--alpha must lie in [0.5, 1], got {args.alpha}")
+@dataclass
+class Networks:
+    agent: nn.Module
+    resnet: nn.Module
+    start_epoch: int
+    checkpoint: dict | None  # the --load checkpoint, when resuming
+    policy_start: str
 
 
-def fit(args, joint: bool, datasets: tuple | None = None) -> dict:
-    """Curriculum learning (``joint=False``: ResNet frozen, only the policy
-    learns, last blocks first) or joint finetuning (``joint=True``: both
-    networks, all blocks, cross-entropy added). Returns the last evaluation and
-    the last checkpoint's path. ``datasets`` (train, test) replaces the
-    configuration's data sets (for experiments on data of one's own)."""
-    from torch.utils.data import DataLoader
+def build_networks(cfg: TrainConfig) -> Networks:
+    """The ResNet and the agent, built in the original's order (so that a seeded
+    run draws the same random numbers), then filled: --load (agent, and ResNet
+    when finetuned), the base, --pretrained's agent, or the agent's own start."""
+    model = get_config(cfg.model)
+    resnet, agent = build_resnet(model), build_agent(model)
+    start_epoch, checkpoint = 0, None
+    if cfg.load:
+        checkpoint = load_blockdrop_checkpoint(Path(cfg.load), model.name, agent, resnet if cfg.joint else None)
+        start_epoch = int(checkpoint.get("epoch", -1)) + 1
+        print(f"loaded agent from {cfg.load}", flush=True)
+    if not (cfg.joint and checkpoint and checkpoint["has_resnet"]):
+        load_default_or_given_base(resnet, model, cfg.base)
+    if cfg.joint and cfg.pretrained and not cfg.load:
+        load_blockdrop_checkpoint(Path(cfg.pretrained), model.name, agent, None)
+        print(f"loaded pretrained model from {cfg.pretrained}", flush=True)
+    if cfg.load or (cfg.joint and cfg.pretrained):
+        policy_start = f"agent of {cfg.load or cfg.pretrained}"
+    else:
+        policy_start = agent.start if model.arch == "cifar" else load_policy_start(agent)
+    return Networks(agent, resnet, start_epoch, checkpoint, policy_start)
 
-    from models import build_agent, build_resnet, get_config
-    from utils import (
-        choose_device,
-        get_datasets,
-        load_blockdrop_checkpoint,
-        load_default_or_given_base,
-        save_args,
-        seed_everything,
-    )
 
-    check_training_args(args)
-    cfg = get_config(args.model)
-    device = choose_device(args.device)
-    seed_everything(args.seed)
-    # Built in the original's order (ResNet, then agent) so that a seeded run draws
-    # the same random numbers; the ImageNet agent fetches its ResNet-18 start only
-    # when no checkpoint's agent replaces it.
-    agent_from_file = bool(args.load or (joint and getattr(args, "pretrained", None)))
-    resnet, agent = build_resnet(cfg), build_agent(cfg, resnet18_weights=not agent_from_file)
-    args.policy_start = agent.start if not agent_from_file else f"agent of {args.load or args.pretrained}"
-    K = cfg.num_blocks
-
-    start_epoch, resumed = 0, None
-    if args.load:
-        resumed = load_blockdrop_checkpoint(Path(args.load), cfg.name, agent, resnet if joint else None)
-        start_epoch = int(resumed.get("epoch", -1)) + 1
-        print(f"loaded agent from {args.load}", flush=True)
-    if not (joint and resumed and resumed["has_resnet"]):
-        load_default_or_given_base(resnet, cfg, args.base)
-    if joint and getattr(args, "pretrained", None) and not args.load:
-        load_blockdrop_checkpoint(Path(args.pretrained), cfg.name, agent, None)
-        print(f"loaded pretrained model from {args.pretrained}", flush=True)
-
-    trainset, testset = datasets or get_datasets(cfg, args.data_dir)
+def make_loaders(cfg: TrainConfig, datasets: tuple | None, device: torch.device) -> tuple[DataLoader, DataLoader]:
+    trainset, testset = datasets or get_datasets(get_config(cfg.model), cfg.data_dir)
     pin = device.type == "cuda"
-    trainloader = DataLoader(trainset, batch_size=args.batch_size, shuffle=True,
-                             num_workers=args.workers, pin_memory=pin)
-    testloader = DataLoader(testset, batch_size=args.batch_size, shuffle=False,
-                            num_workers=args.workers, pin_memory=pin)
+    return (DataLoader(trainset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers, pin_memory=pin),
+            DataLoader(testset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers, pin_memory=pin))
 
-    agent.to(device)
-    resnet.to(device)
-    if not joint:
-        resnet.requires_grad_(False)
-    params = list(agent.parameters()) + (list(resnet.parameters()) if joint else [])
-    optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.wd)
-    if resumed and isinstance(resumed.get("optimizer"), dict):
+
+def make_optimizer(cfg: TrainConfig, nets: Networks) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """Adam over the agent (and the ResNet when finetuning), its state restored
+    on --load, and the original's schedule lr * lr_decay_ratio ** (epoch // epoch_step)."""
+    params = list(nets.agent.parameters()) + (list(nets.resnet.parameters()) if cfg.joint else [])
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.wd)
+    saved = (nets.checkpoint or {}).get("optimizer")
+    if isinstance(saved, dict):
         try:
-            optimizer.load_state_dict(resumed["optimizer"])
-        except (ValueError, KeyError):
-            print("note: the checkpoint's optimizer state does not fit this run; starting Adam afresh")
-    if args.parallel:
-        if device.type == "cuda" and torch.cuda.device_count() > 1:
-            agent, resnet = nn.DataParallel(agent), nn.DataParallel(resnet)
-        else:
-            print(f"note: --parallel needs 2 or more CUDA GPUs; running on {device}")
+            optimizer.load_state_dict(saved)
+        except (ValueError, KeyError) as exc:
+            raise BlockDropError(f"{cfg.load}: its optimizer state does not fit this run ({exc}); "
+                                 "it was saved by a run of other networks or another phase") from exc
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = cfg.lr
+    schedule = LambdaLR(optimizer, lambda epoch: cfg.lr_decay_ratio ** (epoch // cfg.epoch_step),
+                        last_epoch=nets.start_epoch - 1)
+    return optimizer, schedule
 
-    cv_dir = Path(args.cv_dir)
+
+def parallelize(cfg: TrainConfig, device: torch.device, agent: nn.Module, resnet: nn.Module):
+    if not cfg.parallel:
+        return agent, resnet
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
+        return nn.DataParallel(agent), nn.DataParallel(resnet)
+    print(f"note: --parallel needs 2 or more CUDA GPUs; running on {device}")
+    return agent, resnet
+
+
+def fit(cfg: TrainConfig, datasets: tuple | None = None) -> dict:
+    """Curriculum learning (``cfg.joint`` False: ResNet frozen, only the policy
+    learns, last blocks first) or joint finetuning (both networks, all blocks,
+    cross-entropy added). Returns the last evaluation and the last checkpoint's
+    path. ``datasets`` (train, test) replaces the configuration's data sets
+    (for experiments on data of one's own)."""
+    device = choose_device(cfg.device)
+    seed_everything(cfg.seed)
+    nets = build_networks(cfg)
+    trainloader, testloader = make_loaders(cfg, datasets, device)
+    nets.agent.to(device)
+    nets.resnet.to(device)
+    if not cfg.joint:
+        nets.resnet.requires_grad_(False)
+    optimizer, schedule = make_optimizer(cfg, nets)
+    agent, resnet = parallelize(cfg, device, nets.agent, nets.resnet)
+
+    cv_dir = Path(cfg.cv_dir)
+    args = {**cfg.flags(), "policy_start": nets.policy_start}
     save_args(args, cv_dir)
     logger = RunLogger(cv_dir)
-    rl = RLConfig(alpha=args.alpha, penalty=args.penalty, beta=args.beta, joint=joint)
+    rl = RLConfig(alpha=cfg.alpha, penalty=cfg.penalty, beta=cfg.beta, joint=cfg.joint)
+    num_blocks = nets.agent.num_blocks
     last = {"checkpoint": None}
     try:
-        for epoch in range(start_epoch, start_epoch + args.max_epochs + 1):
-            lr = args.lr * args.lr_decay_ratio ** (epoch // args.epoch_step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if epoch % args.epoch_step == 0:
-                print(f"# setting learning_rate to {lr:.2E}", flush=True)
-            learned = K if joint else learned_blocks(epoch, K, args.cl_step)
-            if not joint:
+        for epoch in range(nets.start_epoch, nets.start_epoch + cfg.max_epochs + 1):
+            if epoch % cfg.epoch_step == 0:
+                print(f"# setting learning_rate to {optimizer.param_groups[0]['lr']:.2E}", flush=True)
+            learned = num_blocks if cfg.joint else learned_blocks(epoch, num_blocks, cfg.cl_step)
+            if not cfg.joint:
                 print(f"training the last {learned} blocks ...", flush=True)
             stats = train_one_epoch(agent, resnet, trainloader, optimizer, device, learned, rl,
                                     desc=f"epoch {epoch}")
             logger.log("train", epoch, stats)
-            if epoch % args.test_every == 0:
-                test_stats = evaluate(agent, resnet, testloader, device, learned, args.penalty)
+            if epoch % cfg.test_every == 0:
+                test_stats = evaluate(agent, resnet, testloader, device, learned, cfg.penalty)
                 logger.log("test", epoch, test_stats)
                 path = save_blockdrop_checkpoint(cv_dir, epoch, test_stats, agent,
-                                                 resnet if joint else None, optimizer, args)
+                                                 resnet if cfg.joint else None, optimizer, args)
                 last = {**test_stats, "epoch": epoch, "checkpoint": str(path)}
+            schedule.step()
     finally:
         logger.close()
     return last

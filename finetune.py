@@ -8,8 +8,8 @@ under the sampled policy. ``--penalty`` trades accuracy for speed.
 
 from __future__ import annotations
 
-from engine import add_training_flags, fit
-from utils import ArgumentParser, run_cli
+from engine import TrainConfig, fit
+from utils.cli import ArgumentParser, add_training_flags, run_cli
 
 
 def get_args_parser() -> ArgumentParser:
@@ -20,7 +20,7 @@ def get_args_parser() -> ArgumentParser:
 
 
 def main(args) -> dict:
-    return fit(args, joint=True)
+    return fit(TrainConfig.from_args(args, joint=True))
 
 
 if __name__ == "__main__":

@@ -17,69 +17,60 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models import build_resnet, get_config
-from utils import (
-    PRETRAINED_DIR,
+from engine import predict
+from models import BlockDrop, build_resnet, get_config, to_standard_keys
+from utils.checkpoints import PRETRAINED_DIR, base_checkpoint_name, save_args, save_checkpoint
+from utils.cli import (
     ArgumentParser,
-    BlockDropError,
-    base_checkpoint_name,
+    add_device_flag,
+    add_model_flag,
     choose_device,
-    get_datasets,
+    finite_float,
+    nonnegative_int,
+    positive_int,
     run_cli,
-    save_args,
-    save_checkpoint,
     seed_everything,
-    to_standard_keys,
 )
+from utils.data import get_datasets
 
 
 def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="pretrain.py", description="train a base ResNet for BlockDrop")
-    p.add_argument("--model", default="R32_C10", help="R<depth>_<dataset>")
+    add_model_flag(p, "R32_C10")
     p.add_argument("--data_dir", default="data/", help="data set folder")
     p.add_argument("--cv_dir", default=None, help="output folder (default: cv/pretrained/<model>/)")
-    p.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--wd", type=float, default=1e-4, help="weight decay")
-    p.add_argument("--batch_size", type=int, default=128, help="batch size")
-    p.add_argument("--epochs", type=int, default=164, help="epochs")
-    p.add_argument("--milestones", type=int, nargs="*", default=[81, 122],
+    p.add_argument("--lr", type=finite_float, default=0.1, help="initial learning rate")
+    p.add_argument("--momentum", type=finite_float, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", type=finite_float, default=1e-4, help="weight decay")
+    p.add_argument("--batch_size", type=positive_int, default=128, help="batch size")
+    p.add_argument("--epochs", type=positive_int, default=164, help="epochs")
+    p.add_argument("--milestones", type=positive_int, nargs="*", default=[81, 122],
                    help="epochs at which the learning rate is divided by --lr_decay")
-    p.add_argument("--lr_decay", type=float, default=10.0, help="divisor of the learning rate at each milestone")
-    p.add_argument("--warmup", type=int, default=0,
+    p.add_argument("--lr_decay", type=finite_float, default=10.0,
+                   help="divisor of the learning rate at each milestone")
+    p.add_argument("--warmup", type=nonnegative_int, default=0,
                    help="epochs at lr/10 first (He et al. do 1 for ResNet-110)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
-    p.add_argument("--workers", type=int, default=4, help="data loader workers")
+    p.add_argument("--workers", type=nonnegative_int, default=4, help="data loader workers")
     return p
 
 
-def learning_rate(args, epoch: int) -> float:
-    """lr at 1-based ``epoch``: divided by ``lr_decay`` at each milestone passed."""
+def lr_factor(args: argparse.Namespace, epoch: int) -> float:
+    """The learning rate at 1-based ``epoch`` over ``--lr``: 1/10 during the
+    warm-up, then divided by ``lr_decay`` at each milestone passed."""
     if epoch <= args.warmup:
-        return args.lr / 10
-    return args.lr / args.lr_decay ** sum(epoch >= m for m in args.milestones)
-
-
-@torch.no_grad()
-def accuracy(resnet, loader, device) -> float:
-    resnet.eval()
-    correct = total = 0
-    for inputs, targets in tqdm(loader, desc="test", leave=False, dynamic_ncols=True):
-        preds = resnet.forward_full(inputs.to(device)).argmax(1).cpu()
-        correct += (preds == targets).sum().item()
-        total += len(targets)
-    return correct / total
+        return 0.1
+    return 1 / args.lr_decay ** sum(epoch >= m for m in args.milestones)
 
 
 def main(args: argparse.Namespace) -> Path:
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # slow to import: only where training logs
 
-    if args.epochs < 1 or args.batch_size < 1 or args.workers < 0:
-        raise BlockDropError("--epochs and --batch_size must be at least 1, --workers not negative")
     cfg = get_config(args.model)
     device = choose_device(args.device)
     seed_everything(args.seed)
@@ -94,19 +85,18 @@ def main(args: argparse.Namespace) -> Path:
     resnet = build_resnet(cfg).to(device)
     optimizer = torch.optim.SGD(resnet.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.wd)
-    save_args(args, cv_dir)
+    schedule = LambdaLR(optimizer, lambda epoch: lr_factor(args, epoch + 1))  # its epochs count from 0
+    save_args(vars(args), cv_dir)
     writer = SummaryWriter(str(cv_dir / "log"))
     acc = 0.0
     try:
         for epoch in range(1, args.epochs + 1):
-            lr = learning_rate(args, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = optimizer.param_groups[0]["lr"]
             resnet.train()
             loss_sum = correct = seen = 0
             for inputs, targets in tqdm(trainloader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True):
                 inputs, targets = inputs.to(device), targets.to(device)
-                logits = resnet.forward_full(inputs)
+                logits = resnet(inputs)
                 loss = F.cross_entropy(logits, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -114,7 +104,8 @@ def main(args: argparse.Namespace) -> Path:
                 loss_sum += loss.item() * len(targets)
                 correct += (logits.argmax(1) == targets).sum().item()
                 seen += len(targets)
-            acc = accuracy(resnet, testloader, device)
+            schedule.step()
+            acc = predict(BlockDrop(None, resnet), testloader, device)["correct"].double().mean().item()
             row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
                    "train_accuracy": correct / seen, "test_accuracy": acc}
             print(f"E: {epoch} | L: {row['train_loss']:.4f} | A: {row['train_accuracy']:.3f} | "

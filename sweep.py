@@ -20,36 +20,40 @@ from pathlib import Path
 
 import finetune
 from models import get_config
-from utils import (
+from utils.checkpoints import find_default_base, write_json
+from utils.cli import (
     ArgumentParser,
     BlockDropError,
-    find_default_base,
+    add_device_flag,
+    add_model_flag,
+    finite_float,
     load_script,
+    nonnegative_int,
+    positive_int,
     run_cli,
     run_step,
-    write_json,
 )
-
-profile_script = load_script("test")  # the project's test.py, not the standard library's test package
+from visualize import save_figure, tradeoff_figure
 
 
 def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="sweep.py", description="finetune and profile one BlockDrop model per penalty")
-    p.add_argument("--model", default="R32_Digits", help="R<depth>_<dataset>")
+    add_model_flag(p, "R32_Digits")
     p.add_argument("--pretrained", required=True, help="curriculum checkpoint every run starts from")
     p.add_argument("--penalties", type=float, nargs="+", default=[-1.0, -2.0, -5.0, -10.0],
                    help="penalties (gamma) to finetune with")
     p.add_argument("--cv_dir", default="cv/sweep/", help="output folder")
     p.add_argument("--data_dir", default="data/", help="data set folder")
-    p.add_argument("--base", default=None, help="pretrained base ResNet (default: cv/pretrained/<model>/...)")
-    p.add_argument("--max_epochs", type=int, default=2000, help="finetuning epochs after the first")
-    p.add_argument("--lr", type=float, default=1e-4, help="finetuning learning rate")
-    p.add_argument("--batch_size", type=int, default=256, help="batch size")
-    p.add_argument("--test_every", type=int, default=10, help="evaluate and checkpoint every N epochs")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--base", default=None,
+                   help="pretrained base ResNet (default: the configuration's file under cv/pretrained/)")
+    p.add_argument("--max_epochs", type=nonnegative_int, default=2000, help="finetuning epochs after the first")
+    p.add_argument("--lr", type=finite_float, default=1e-4, help="finetuning learning rate")
+    p.add_argument("--batch_size", type=positive_int, default=256, help="batch size")
+    p.add_argument("--test_every", type=positive_int, default=10, help="evaluate and checkpoint every N epochs")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
-    p.add_argument("--workers", type=int, default=4, help="data loader workers")
-    p.add_argument("--limit", type=int, default=None, help="profile only the first N test images")
+    p.add_argument("--workers", type=nonnegative_int, default=4, help="data loader workers")
+    p.add_argument("--limit", type=positive_int, default=None, help="profile only the first N test images")
     return p
 
 
@@ -84,7 +88,7 @@ def profile(args: argparse.Namespace, out: Path, load: Path | None, base: str | 
     argv += ["--base", base] if base else []
     argv += ["--device", args.device] if args.device else []
     argv += ["--limit", str(args.limit)] if args.limit else []
-    run_step("test.py", profile_script, argv)
+    run_step("test.py", load_script("test"), argv)  # the project's test.py, not the standard library's
     return json.loads(out.read_text())
 
 
@@ -124,9 +128,6 @@ def run_sweep(args: argparse.Namespace) -> dict:
                                                   lambda p=penalty, f=folder: finetune_and_profile(args, p, f))})
     result = {"model": args.model, "pretrained": args.pretrained, "full": full, "runs": runs}
     write_json(cv_dir / "sweep.json", result)
-
-    from visualize import save_figure, tradeoff_figure
-
     save_figure(tradeoff_figure(full, runs), cv_dir / "tradeoff.png")
     print(f"sweep written to {cv_dir / 'sweep.json'} and {cv_dir / 'tradeoff.png'}")
     return result

@@ -14,73 +14,59 @@ import statistics
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Subset
 
-from engine import greedy_policy, policy_stats
-from models import build_agent, build_resnet, get_config
-from utils import (
+from engine import policy_stats, predict
+from models import BlockDrop, build_agent, build_resnet, get_config
+from utils.checkpoints import load_blockdrop_checkpoint, load_default_or_given_base, write_json
+from utils.cli import (
     ArgumentParser,
     BlockDropError,
-    agent_flops,
+    add_device_flag,
+    add_model_flag,
     choose_device,
-    get_datasets,
-    load_blockdrop_checkpoint,
-    load_default_or_given_base,
-    resnet_flop_table,
+    nonnegative_int,
+    positive_int,
     run_cli,
-    write_json,
 )
+from utils.data import get_datasets
+from utils.flops import agent_flops, policy_flops, resnet_flop_table
 
 
 def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="test.py", description="BlockDrop profiling: accuracy, block usage, FLOPs/img")
-    p.add_argument("--model", default="R110_C10", help="R<depth>_<dataset>")
+    add_model_flag(p, "R110_C10")
     p.add_argument("--data_dir", default="data/", help="data set folder")
     p.add_argument("--load", default=None, help="BlockDrop checkpoint to profile (default: the full ResNet)")
     p.add_argument("--base", default=None,
-                   help="pretrained base ResNet, used when --load holds no ResNet (default: cv/pretrained/...)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
-    p.add_argument("--limit", type=int, default=None, help="profile only the first N test images")
+                   help="pretrained base ResNet, used when --load holds no ResNet "
+                        "(default: the configuration's file under cv/pretrained/)")
+    add_device_flag(p)
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="data loader workers")
+    p.add_argument("--limit", type=positive_int, default=None, help="profile only the first N test images")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
     return p
 
 
-@torch.no_grad()
 def profile(agent, resnet, dataset, device: torch.device, full: bool, limit: int | None = None,
             workers: int = 0) -> dict:
-    """Run every test image on its own through the agent and the blocks it keeps."""
-    agent.eval()
-    resnet.eval()
+    """Run every test image on its own through the agent and the blocks it keeps
+    (``full``: every block, no agent)."""
     if len(dataset) == 0:
         raise BlockDropError("no test images to profile: the test set is empty")
     size = dataset[0][0].shape[-1]
-    base_flops, block_flops = resnet_flop_table(resnet, size)
+    table = resnet_flop_table(resnet, size)
     policy_net_flops = agent_flops(agent, size)
-    block_cost = torch.tensor(block_flops, dtype=torch.float64)
-
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    if n < 1:
-        raise BlockDropError("no test images to profile (empty test set or --limit below 1)")
-    subset = torch.utils.data.Subset(dataset, range(n))
-    loader = DataLoader(subset, batch_size=1, shuffle=False, num_workers=workers)
-    correct, policies, resnet_costs = [], [], []
-    for image, target in tqdm(loader, desc="profiling", dynamic_ncols=True):
-        image = image.to(device)
-        keep_prob, _ = agent(image)
-        policy = torch.ones_like(keep_prob[0]) if full else greedy_policy(keep_prob)[0]
-        pred = resnet.forward_single(image, policy)
-        correct.append(int(pred.argmax(1).item() == target.item()))
-        policies.append(policy.cpu())
-        resnet_costs.append(base_flops + float(policy.cpu().double() @ block_cost))
-
-    policies = torch.stack(policies)
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=1, shuffle=False, num_workers=workers)
+    out = predict(BlockDrop(None if full else agent, resnet), loader, device, desc="profiling")
+    policies = out["policies"]
     stats = policy_stats(policies)
+    resnet_costs = policy_flops(table, policies).tolist()
     flops = [c + policy_net_flops for c in resnet_costs]
     return {
         "images": n,
-        "accuracy": sum(correct) / n,
+        "accuracy": out["correct"].double().mean().item(),
         "block_usage": stats["blocks"],
         "block_usage_std": stats["blocks_std"],
         "flops": statistics.fmean(flops),
@@ -88,7 +74,7 @@ def profile(agent, resnet, dataset, device: torch.device, full: bool, limit: int
         "resnet_flops": statistics.fmean(resnet_costs),
         "resnet_flops_std": statistics.pstdev(resnet_costs),
         "policy_flops": policy_net_flops,
-        "full_resnet_flops": base_flops + sum(block_flops),
+        "full_resnet_flops": table[0] + sum(table[1]),
         "unique_policies": stats["unique"],
         "num_blocks": policies.shape[1],
     }
@@ -105,11 +91,9 @@ def report(figures: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> dict:
-    if args.limit is not None and args.limit < 1:
-        raise BlockDropError(f"--limit must be at least 1, got {args.limit}")
     cfg = get_config(args.model)
     device = choose_device(args.device)
-    resnet, agent = build_resnet(cfg), build_agent(cfg, resnet18_weights=False)  # agent: --load, or unused
+    resnet, agent = build_resnet(cfg), build_agent(cfg)  # its weights: --load's agent
     source = {}
     if args.load:
         ckpt = load_blockdrop_checkpoint(Path(args.load), cfg.name, agent, resnet)

@@ -39,21 +39,26 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
-from engine import greedy_policy, policy_stats
-from models import build_agent, build_resnet, get_config
-from utils import (
-    ArgumentParser,
-    BlockDropError,
+from engine import policy_stats, predict
+from models import BlockDrop, build_agent, build_resnet, get_config
+from utils.checkpoints import (
     atomic_write_bytes,
-    choose_device,
-    get_datasets,
     load_blockdrop_checkpoint,
     load_default_or_given_base,
-    run_cli,
     write_json,
 )
+from utils.cli import (
+    ArgumentParser,
+    BlockDropError,
+    add_device_flag,
+    add_model_flag,
+    choose_device,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+)
+from utils.data import get_datasets
 
 DPI = 110
 KEPT_COLOR = "#2f5f98"
@@ -63,23 +68,24 @@ WRONG_COLOR = "#c0392b"
 
 def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="visualize.py", description="BlockDrop figures: policies, block usage, trade-off")
-    p.add_argument("--model", default="R110_C10", help="R<depth>_<dataset>")
+    add_model_flag(p, "R110_C10")
     p.add_argument("--load", required=True, help="BlockDrop checkpoint whose agent to show")
     p.add_argument("--base", default=None,
-                   help="pretrained base ResNet, used when --load holds no ResNet (default: cv/pretrained/...)")
+                   help="pretrained base ResNet, used when --load holds no ResNet "
+                        "(default: the configuration's file under cv/pretrained/)")
     p.add_argument("--data_dir", default="data/", help="data set folder")
     p.add_argument("--out", default=None, help="folder for the PNGs and policies.json "
                    "(default: figures/ beside the checkpoint)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--top", type=int, default=6, help="how many of the most frequent policies to draw")
-    p.add_argument("--per_policy", type=int, default=8, help="test images shown per policy")
-    p.add_argument("--extremes", type=int, default=8,
+    add_device_flag(p)
+    p.add_argument("--top", type=positive_int, default=6, help="how many of the most frequent policies to draw")
+    p.add_argument("--per_policy", type=positive_int, default=8, help="test images shown per policy")
+    p.add_argument("--extremes", type=positive_int, default=8,
                    help="images shown in each row of easy_hard.png (fewest and most blocks)")
     p.add_argument("--sweep", default=None, metavar="SWEEP_JSON",
                    help="penalty sweep results; draws tradeoff.png (default: no trade-off figure)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N test images (default: all)")
-    p.add_argument("--batch_size", type=int, default=256, help="test batch size")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N test images (default: all)")
+    p.add_argument("--batch_size", type=positive_int, default=256, help="test batch size")
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="data loader workers")
     p.add_argument("--log_dir", default=None, help="TensorBoard folder (default: <out>/../log)")
     return p
 
@@ -87,27 +93,16 @@ def get_args_parser() -> ArgumentParser:
 # --------------------------------------------------------------------------
 # running the agent
 # --------------------------------------------------------------------------
-@torch.no_grad()
 def collect_policies(agent, resnet, dataset, device: torch.device, limit: int | None = None,
                      batch_size: int = 256, workers: int = 0) -> dict:
     """Greedy policy, prediction and correctness of each test image (in dataset order).
     Returns CPU tensors: ``policies`` N x K (int8), ``blocks_used`` N, ``correct`` N (bool),
     ``targets`` N, ``preds`` N."""
-    agent.eval()
-    resnet.eval()
     n = len(dataset) if limit is None else min(limit, len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=workers)
-    policies, preds, targets = [], [], []
-    for inputs, target in tqdm(loader, desc="policies", leave=False, dynamic_ncols=True):
-        inputs = inputs.to(device)
-        keep_prob, _ = agent(inputs)
-        policy = greedy_policy(keep_prob)
-        preds.append(resnet(inputs, policy).argmax(1).cpu())
-        policies.append(policy.cpu().to(torch.int8))
-        targets.append(target)
-    policies, preds, targets = torch.cat(policies), torch.cat(preds), torch.cat(targets)
-    return {"policies": policies, "blocks_used": policies.sum(1).long(), "correct": preds == targets,
-            "targets": targets, "preds": preds}
+    out = predict(BlockDrop(agent, resnet), loader, device, desc="policies")
+    policies = out["policies"].to(torch.int8)
+    return {**out, "policies": policies, "blocks_used": policies.sum(1).long()}
 
 
 def policy_string(policy) -> str:
@@ -409,16 +404,6 @@ def load_sweep(path: Path) -> dict:
 # --------------------------------------------------------------------------
 # the script
 # --------------------------------------------------------------------------
-def check_args(args: argparse.Namespace) -> None:
-    for flag in ("top", "per_policy", "extremes", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise BlockDropError(f"--{flag} must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        raise BlockDropError("--limit must be at least 1")
-    if args.workers < 0:
-        raise BlockDropError("--workers must not be negative")
-
-
 def make_figures(collected: dict, summary: dict, testset, cfg, stage_sizes: list[int],
                  args: argparse.Namespace, heading: str) -> dict[str, Figure]:
     """The four figures of one agent on the test set, keyed by file stem."""
@@ -475,12 +460,11 @@ def write_figures(figures: dict[str, Figure], out: Path, log_dir: Path, step: in
 def main(args: argparse.Namespace) -> dict:
     """Returns the paths written: one per figure (``policies``, ``blocks_hist``,
     ``keep_rate``, ``easy_hard``, ``tradeoff``), ``json``, ``out`` and ``log_dir``."""
-    check_args(args)
     cfg = get_config(args.model)
     sweep = load_sweep(Path(args.sweep)) if args.sweep else None
     device = choose_device(args.device)
     ckpt_path = Path(args.load)
-    resnet, agent = build_resnet(cfg), build_agent(cfg, resnet18_weights=False)  # the agent comes from --load
+    resnet, agent = build_resnet(cfg), build_agent(cfg)  # its weights: --load's agent
     ckpt = load_blockdrop_checkpoint(ckpt_path, cfg.name, agent, resnet)
     if not ckpt["has_resnet"]:
         load_default_or_given_base(resnet, cfg, args.base)

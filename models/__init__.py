@@ -1,22 +1,23 @@
 """Model registry: one row per ``--model`` configuration (SPEC section 1).
 
 ``get_config(name)`` is the one way in; ``build_resnet(cfg)`` and
-``build_agent(cfg)`` make the two networks of a configuration.
+``build_agent(cfg)`` make the two networks of a configuration. The package
+depends on torch and torchvision only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from utils import BlockDropError
-
-from .policy import PolicyNet, cifar_policy, imagenet_policy
-from .resnet import BasicBlock, Bottleneck, FlatResNet, cifar_resnet, imagenet_resnet
+from .blockdrop import BlockDrop
+from .keys import to_flat_keys, to_standard_keys
+from .policy import RESNET18_WEIGHTS, PolicyNet, cifar_policy, force_prefix, greedy_policy, imagenet_policy
+from .resnet import IMAGENET_LAYERS, BasicBlock, Bottleneck, FlatResNet, cifar_resnet, imagenet_resnet
 
 __all__ = [
-    "CONFIGS", "ModelConfig", "get_config", "build_resnet", "build_agent",
-    "FlatResNet", "PolicyNet", "BasicBlock", "Bottleneck",
+    "CONFIGS", "ModelConfig", "get_config", "build_resnet", "build_agent", "BlockDrop",
+    "FlatResNet", "PolicyNet", "BasicBlock", "Bottleneck", "RESNET18_WEIGHTS",
+    "greedy_policy", "force_prefix", "to_flat_keys", "to_standard_keys",
 ]
 
 
@@ -34,8 +35,6 @@ class ModelConfig:
     def num_blocks(self) -> int:
         if self.arch == "cifar":
             return 3 * ((self.depth - 2) // 6)
-        from .resnet import IMAGENET_LAYERS
-
         return sum(IMAGENET_LAYERS[self.depth][1])
 
     @property
@@ -63,8 +62,8 @@ CONFIGS: dict[str, ModelConfig] = {
 
 
 def get_config(name: str) -> ModelConfig:
-    if name not in CONFIGS:
-        raise BlockDropError(f"unknown model {name!r}; choose one of: {', '.join(CONFIGS)}")
+    if name not in CONFIGS:  # the scripts' --model has these choices, so this is a caller's mistake
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(CONFIGS)}")
     return CONFIGS[name]
 
 
@@ -74,9 +73,9 @@ def build_resnet(cfg: ModelConfig) -> FlatResNet:
     return imagenet_resnet(cfg.depth, cfg.num_classes)
 
 
-def build_agent(cfg: ModelConfig, resnet18_weights: bool | Path = True) -> PolicyNet:
-    """The policy network. ``resnet18_weights`` is the ImageNet policy's start
-    (see ``imagenet_policy``); ``False`` when a checkpoint's agent is loaded next."""
+def build_agent(cfg: ModelConfig) -> PolicyNet:
+    """The policy network, from random weights (the ImageNet one's ResNet-18
+    start is loaded by ``utils.checkpoints.load_policy_start``)."""
     if cfg.arch == "cifar":
         return cifar_policy(cfg.num_blocks)
-    return imagenet_policy(cfg.num_blocks, resnet18_weights)
+    return imagenet_policy(cfg.num_blocks)

@@ -8,10 +8,9 @@ of that stage) and a head. Block t of the flat order runs as
     x = shortcut(x)                  if it is dropped,
 
 where ``shortcut`` is ``ds[stage]`` for the first block of a stage and the
-identity otherwise (BlockDrop, SPEC section 3). Three ways of running a policy
-live here and agree with each other: ``forward`` (batched, masked: the form
-used for training), ``forward_single`` (only the chosen blocks run) and
-``forward_full`` (every block).
+identity otherwise (BlockDrop, SPEC section 3). One block loop,
+``run_blocks``, runs a policy in each execution mode: every block, the batched
+masked form used for training, and only the kept blocks.
 """
 
 from __future__ import annotations
@@ -174,57 +173,58 @@ class FlatResNet(nn.Module):
         x = self.pool(x)
         return self.fc(x) if self.fc is not None else x
 
-    def _shortcut(self, x: torch.Tensor, stage: int, i: int) -> torch.Tensor:
-        return self.ds[stage](x) if i == 0 else x
+    # --- the block loop ---------------------------------------------------
+    def run_blocks(self, x: torch.Tensor, policy: torch.Tensor | None, mode: str) -> torch.Tensor:
+        """The residual blocks on the stem's output ``x``, under one execution mode:
 
-    # --- three ways to run a policy ----------------------------------------
-    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
-        """Every block runs: the plain ResNet."""
-        x = self.stem(x)
-        for s, i in self.block_index:
-            x = F.relu(self._shortcut(x, s, i) + self.blocks[s][i](x))
-        return self.head(x)
+        - ``"full"``: every block (``policy`` is None);
+        - ``"masked"``: ``policy`` is B x K (0/1); a block that any image keeps
+          runs on the whole batch and ``x = u * relu(shortcut + f(x)) + (1 - u) * shortcut``
+          per image, the training form of the paper;
+        - ``"kept"``: ``policy`` is one length-K vector shared by the batch and
+          only its kept blocks run (profiling one image at a time).
 
-    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
-        """Batched masked form (training): a block that any image keeps runs for
-        every image and ``x = u * relu(shortcut + f(x)) + (1 - u) * shortcut`` per image.
-        ``policy`` is B x K (0/1 floats); ``None`` runs the full network."""
-        if policy is None:
-            return self.forward_full(x)
-        self._check_policy(policy, batched=True)
-        # A block that no image of the batch keeps is not run at all, in train mode
-        # as in eval mode (the original tests the policy column's sum): its output
-        # would be multiplied by zero, its BN running statistics stay as they were
-        # and it gets no new gradient.
-        runs = policy.bool().any(0).tolist()
-        x = self.stem(x)
+        In every mode a block that no image keeps is not run at all, in train
+        mode as in eval mode, as the original does: its BN running statistics
+        stay as they were and it gets no new gradient."""
+        if mode == "full":
+            runs = [True] * self.num_blocks
+        elif mode in ("masked", "kept"):
+            self._check_policy(policy, batched=mode == "masked")
+            runs = (policy.bool().any(0) if mode == "masked" else policy.bool()).tolist()  # one host sync
+        else:
+            raise ValueError(f"unknown execution mode {mode!r}")
         for t, (s, i) in enumerate(self.block_index):
             shortcut = self._shortcut(x, s, i)
             if not runs[t]:
                 x = shortcut
-                continue
-            keep = policy[:, t].to(x.dtype).view(-1, 1, 1, 1)
-            out = F.relu(shortcut + self.blocks[s][i](x))
-            x = keep * out + (1 - keep) * shortcut
-        return self.head(x)
+            elif mode == "masked":
+                keep = policy[:, t].to(x.dtype).view(-1, 1, 1, 1)
+                x = keep * F.relu(shortcut + self.blocks[s][i](x)) + (1 - keep) * shortcut
+            else:
+                x = F.relu(shortcut + self.blocks[s][i](x))
+        return x
+
+    def _shortcut(self, x: torch.Tensor, stage: int, i: int) -> torch.Tensor:
+        return self.ds[stage](x) if i == 0 else x
+
+    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits. Without a policy the plain ResNet; with a B x K policy the masked form."""
+        if policy is None:
+            return self.head(self.run_blocks(self.stem(x), None, "full"))
+        return self.head(self.run_blocks(self.stem(x), policy, "masked"))
+
+    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
+        """Every block runs: the plain ResNet."""
+        return self.forward(x)
 
     def forward_single(self, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
-        """Only the kept blocks run. ``policy`` is one length-K vector shared by
-        the whole batch (in profiling, a batch of one image)."""
-        self._check_policy(policy, batched=False)
-        keep = [bool(v) for v in policy.tolist()]
-        x = self.stem(x)
-        for t, (s, i) in enumerate(self.block_index):
-            shortcut = self._shortcut(x, s, i)
-            x = F.relu(shortcut + self.blocks[s][i](x)) if keep[t] else shortcut
-        return self.head(x)
+        """Only the kept blocks of one length-K ``policy`` shared by the batch run."""
+        return self.head(self.run_blocks(self.stem(x), policy, "kept"))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled feature of the full network (no fc)."""
-        x = self.stem(x)
-        for s, i in self.block_index:
-            x = F.relu(self._shortcut(x, s, i) + self.blocks[s][i](x))
-        return self.pool(x)
+        """Pooled feature of the full network (no fc): how the policy networks use it."""
+        return self.pool(self.run_blocks(self.stem(x), None, "full"))
 
     def _check_policy(self, policy: torch.Tensor, batched: bool) -> None:
         want = 2 if batched else 1

@@ -28,6 +28,7 @@ from utils import (
     checkpoint_name,
     load_base,
     load_blockdrop_checkpoint,
+    load_policy_start,
     load_state_file,
     load_weights,
     parse_checkpoint_name,
@@ -207,7 +208,8 @@ def test_imagenet_policy_starts_from_resnet18_stage_weights(tmp_path):
     tv_state = torchvision.models.resnet18(weights=None).state_dict()
     path = tmp_path / "resnet18-f37072fd.pth"
     torch.save(tv_state, path)
-    agent = imagenet_policy(33, resnet18_weights=path)
+    agent = imagenet_policy(33)
+    load_policy_start(agent, path)
     sd = agent.state_dict()
     assert torch.equal(sd["features.conv1.weight"], tv_state["conv1.weight"])
     for s in range(4):

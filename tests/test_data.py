@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import utils
+import utils.data
 from conftest import CIFAR10_FOLDER, CIFAR10_TRAIN, images_to_rows, write_cifar10, write_cifar_batch
 from models import get_config
 from utils import BlockDropError, cifar_arrays, get_datasets, read_cifar_batches
@@ -174,8 +175,8 @@ def test_missing_cifar_with_no_download_set_names_the_folder_and_skips_the_netwo
     def no_network(*args, **kwargs):
         raise AssertionError("BLOCKDROP_NO_DOWNLOAD=1 must not try the network")
 
-    monkeypatch.setattr(utils, "download_cifar", no_network)
-    monkeypatch.setattr(utils.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(utils.data, "download_cifar", no_network)
+    monkeypatch.setattr(utils.data.urllib.request, "urlopen", no_network)
     data_dir = tmp_path / "nodata"
     with pytest.raises(BlockDropError) as info:
         get_datasets(get_config("R110_C10"), data_dir)

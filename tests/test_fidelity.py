@@ -30,9 +30,10 @@ from conftest import (
     write_cifar10,
 )
 from models import build_agent, build_resnet, get_config
-from models.policy import RESNET18_WEIGHTS, imagenet_policy, resnet18_file
+from models.policy import RESNET18_WEIGHTS, imagenet_policy
 from models.resnet import BasicBlock, FlatResNet
 from utils import BlockDropError, find_default_base, load_base, load_state_file, read_cifar_batches
+from utils.checkpoints import load_policy_start, resnet18_file
 
 
 # --------------------------------------------------------------------------
@@ -56,7 +57,7 @@ def test_cifar_policy_draws_the_random_numbers_of_a_resnet8_with_a_10_class_fc()
 
 def test_imagenet_policy_draws_the_numbers_of_the_original_including_torchvisions_resnet18():
     torch.manual_seed(5)
-    imagenet_policy(33, resnet18_weights=False)
+    imagenet_policy(33)
     after_agent = torch.rand(3)
     torch.manual_seed(5)
     FlatResNet(BasicBlock, [1, 1, 1, 1], 1000, style="imagenet", pool_size=4)
@@ -77,6 +78,7 @@ def test_imagenet_policy_starts_from_resnet18_weights_through_torchvisions_weigh
     cached.parent.mkdir(parents=True)
     torch.save(tv_state, cached)  # where the weights API keeps (and would fetch) the file
     agent = imagenet_policy(33)
+    assert load_policy_start(agent) == agent.start
     sd = agent.state_dict()
     assert torch.equal(sd["features.conv1.weight"], tv_state["conv1.weight"])
     for s in range(4):
@@ -87,7 +89,8 @@ def test_imagenet_policy_starts_from_resnet18_weights_through_torchvisions_weigh
 def test_imagenet_policy_without_the_weights_says_so_in_one_line_and_where_to_put_them(tmp_path, monkeypatch,
                                                                                       capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    agent = imagenet_policy(33)  # downloads are off in the tests, and the cache is empty
+    agent = imagenet_policy(33)
+    load_policy_start(agent)  # downloads are off in the tests, and the cache is empty
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "random weights" in err[0] and "resnet18-f37072fd.pth" in err[0]
@@ -99,7 +102,7 @@ def test_a_file_that_is_not_resnet18_is_one_clear_error(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
     with pytest.raises(BlockDropError, match="not torchvision's ResNet-18 weights"):
-        imagenet_policy(33, resnet18_weights=path)
+        load_policy_start(imagenet_policy(33), path)
 
 
 # --------------------------------------------------------------------------

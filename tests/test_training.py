@@ -16,6 +16,8 @@ import cl_training
 from conftest import ROOT, script_env, write_cifar10
 from engine import (
     RLConfig,
+    TrainConfig,
+    fit,
     force_prefix,
     learned_blocks,
     policy_loss,
@@ -224,7 +226,7 @@ def test_curriculum_learns_to_drop_the_no_op_blocks_and_keep_the_others(tmp_path
          "--batch_size", "64", "--max_epochs", "20", "--cl_step", "3", "--lr", "1e-2",
          "--test_every", "10", "--workers", "0", "--seed", "0", "--device", "cpu"])
     data = (TensorDataset(images[:n_train], labels[:n_train]), TensorDataset(images[n_train:], labels[n_train:]))
-    result = cl_training.fit(args, joint=False, datasets=data)
+    result = fit(TrainConfig.from_args(args, joint=False), datasets=data)
 
     assert result["acc"] == 1.0
     ckpt = torch.load(result["checkpoint"], weights_only=True, map_location="cpu")
@@ -336,7 +338,7 @@ def test_parallel_without_two_gpus_says_so_and_trains_on_the_one_device(tmp_path
     args = cl_training.get_args_parser().parse_args(
         ["--model", "R32_C10", "--base", str(base), "--cv_dir", str(tmp_path / "cv"), "--batch_size", "4",
          "--max_epochs", "0", "--workers", "0", "--device", "cpu", "--parallel"])
-    result = cl_training.fit(args, joint=False, datasets=(TensorDataset(images, labels),) * 2)
+    result = fit(TrainConfig.from_args(args, joint=False), datasets=(TensorDataset(images, labels),) * 2)
     out = capsys.readouterr().out
     assert "--parallel needs 2 or more CUDA GPUs; running on cpu" in out
     assert result["epoch"] == 0 and parse_checkpoint_name(result["checkpoint"])["epoch"] == 0

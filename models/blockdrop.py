@@ -1,0 +1,36 @@
+"""BlockDrop as one module: the policy network looks at the images, the ResNet
+runs the blocks their greedy policies keep. The one prediction path of the
+scripts (training-time evaluation, ``test.py``, ``visualize.py``, a base's
+accuracy in ``pretrain.py``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .policy import PolicyNet, force_prefix, greedy_policy
+from .resnet import FlatResNet
+
+
+class BlockDrop(nn.Module):
+    """``forward(images)`` returns ``(logits, policy)``: B x classes and the
+    B x K greedy policy (0/1) each image ran. Without an agent every block runs
+    (the full ResNet, policy all ones). ``learned`` (curriculum) keeps the first
+    K - learned blocks on."""
+
+    def __init__(self, agent: PolicyNet | None, resnet: FlatResNet):
+        super().__init__()
+        self.agent = agent
+        self.resnet = resnet
+
+    def policy(self, images: torch.Tensor, learned: int | None = None) -> torch.Tensor:
+        if self.agent is None:
+            return torch.ones(len(images), self.resnet.num_blocks, device=images.device)
+        keep_prob, _ = self.agent(images)
+        policy = greedy_policy(keep_prob)
+        return policy if learned is None else force_prefix(policy, learned)
+
+    def forward(self, images: torch.Tensor, learned: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        policy = self.policy(images, learned)
+        logits = self.resnet(images) if self.agent is None else self.resnet(images, policy)
+        return logits, policy

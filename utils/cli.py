@@ -1,0 +1,179 @@
+"""Command-line plumbing: the project's error type, the argument parser and its
+value types, the shared training flags, running a script's ``main``, and the
+device and seed decisions that the flags make."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import random
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import CONFIGS
+
+ROOT = Path(__file__).resolve().parents[1]  # the project's folder, where the scripts are
+
+
+class BlockDropError(Exception):
+    """An expected failure (bad flag, missing or wrong file): the scripts print
+    its message as one line and exit with status 2."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is None (then the help says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------
+# value types: argparse turns their ValueError into one line naming the flag
+# --------------------------------------------------------------------------
+def _bounded(kind: type, low: float | None = None, high: float | None = None, what: str = "") -> Callable:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _bounded(int, 1, what="at least 1")
+nonnegative_int = _bounded(int, 0, what="0 or more")
+finite_float = _bounded(float)
+alpha_float = _bounded(float, 0.5, 1.0, what="in [0.5, 1]")
+
+
+def add_model_flag(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--model", default=default, choices=list(CONFIGS), metavar="MODEL",
+                        help=f"R<depth>_<dataset>, one of: {', '.join(CONFIGS)}")
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+
+
+def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step: int, max_epochs: int,
+                       penalty: float, batch_size: int = 256) -> None:
+    """The original training flags (SPEC sections 4 and 5) with their defaults, plus the new ones."""
+    p = parser
+    p.add_argument("--lr", type=finite_float, default=lr, help="learning rate")
+    p.add_argument("--beta", type=finite_float, default=1e-1, help="entropy bonus weight (curriculum only)")
+    p.add_argument("--wd", type=finite_float, default=0.0, help="weight decay")
+    add_model_flag(p, "R110_C10")
+    p.add_argument("--data_dir", default="data/", help="data set folder")
+    p.add_argument("--load", default=None, help="checkpoint to resume from (its epoch + 1 is the first)")
+    p.add_argument("--cv_dir", default="cv/tmp/", help="folder for checkpoints and logs")
+    p.add_argument("--batch_size", type=positive_int, default=batch_size, help="batch size")
+    p.add_argument("--epoch_step", type=positive_int, default=epoch_step, help="epochs between learning-rate decays")
+    p.add_argument("--max_epochs", type=nonnegative_int, default=max_epochs, help="epochs to run after the first")
+    p.add_argument("--lr_decay_ratio", type=finite_float, default=0.1, help="learning-rate decay factor")
+    p.add_argument("--parallel", action="store_true", default=False, help="use every visible GPU")
+    p.add_argument("--cl_step", type=positive_int, default=1, help="curriculum: blocks handed to the policy per epoch")
+    p.add_argument("--penalty", type=finite_float, default=penalty, help="reward of a wrong prediction (gamma)")
+    p.add_argument("--alpha", type=alpha_float, default=0.8, help="probability bound for exploration, in [0.5, 1]")
+    add_device_flag(p)
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
+    p.add_argument("--workers", type=nonnegative_int, default=4, help="data loader workers")
+    p.add_argument("--test_every", type=positive_int, default=10, help="evaluate and checkpoint every N epochs")
+    p.add_argument("--base", default=None,
+                   help="pretrained base ResNet (default: the configuration's file under cv/pretrained/ "
+                        "in the working directory)")
+
+
+# --------------------------------------------------------------------------
+# running scripts
+# --------------------------------------------------------------------------
+def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
+            argv: Sequence[str] | None = None) -> None:
+    """Parse flags, run ``main`` and turn a BlockDropError into one line + exit 2."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except BlockDropError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def load_script(name: str):
+    """Import one of the project's top-level scripts by file (``test.py`` would
+    otherwise lose to the standard library's ``test`` package)."""
+    module_name = f"blockdrop_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_step(script: str, module, argv: list[str]):
+    """Print ``$ python <script> <argv>``, then run that script's ``main`` in this
+    process: how the pipeline scripts (demo, sweep) show each step as its command."""
+    print(f"\n$ python {script} {' '.join(map(str, argv))}", flush=True)
+    return module.main(module.get_args_parser().parse_args(list(map(str, argv))))
+
+
+# --------------------------------------------------------------------------
+# the decisions the flags make
+# --------------------------------------------------------------------------
+def choose_device(name: str | None) -> torch.device:
+    """``--device``: default CUDA when present, else CPU."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise BlockDropError(f"--device {name!r} is not a device ({exc}); use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BlockDropError(f"--device {name} asked for CUDA but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BlockDropError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+NO_DOWNLOAD_ENV = "BLOCKDROP_NO_DOWNLOAD"  # set to 1 to never try the network
+
+
+def downloads_allowed() -> bool:
+    return os.environ.get(NO_DOWNLOAD_ENV, "") not in ("1", "true", "yes")
+
+
+def seed_everything(seed: int | None) -> None:
+    if seed is None:
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
