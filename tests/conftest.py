@@ -8,6 +8,8 @@ test that uses it can fail when the code is wrong.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pickle
 import re
@@ -22,9 +24,9 @@ import pytest
 import torch
 from torch import nn
 
+from utils.cli import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # No test touches the network, and none sees weights a developer keeps in the torch hub cache.
 os.environ["BLOCKDROP_NO_DOWNLOAD"] = "1"
@@ -256,6 +258,24 @@ def assert_legible_png(path: Path) -> None:
     width, height = png_size(path)
     assert 200 <= width <= 4000 and 200 <= height <= 4000, (Path(path).name, width, height)
     assert Path(path).stat().st_size > 5_000, (Path(path).name, Path(path).stat().st_size)
+
+
+def run_main(module, *argv, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A script's command line run in this process through its ``run_cli`` (one
+    line and exit status 2 on bad input), stdout and stderr captured; quicker
+    than a subprocess. An unexpected exception propagates with its traceback."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.ExitStack() as stack:
+        if cwd is not None:
+            stack.enter_context(contextlib.chdir(cwd))
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        try:
+            run_cli(module.main, module.get_args_parser(), [str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+    return subprocess.CompletedProcess([module.__name__, *map(str, argv)], code, out.getvalue(), err.getvalue())
 
 
 def run_test_script(*args: str, cwd: Path | None = None, env: dict | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from models.resnet import imagenet_resnet
 from utils import (
     BlockDropError,
     checkpoint_name,
+    find_default_base,
     load_base,
     load_blockdrop_checkpoint,
     load_policy_start,
@@ -34,6 +36,7 @@ from utils import (
     parse_checkpoint_name,
     save_checkpoint,
     to_flat_keys,
+    to_standard_keys,
 )
 
 
@@ -290,3 +293,33 @@ def test_checkpoints_and_files_written_atomically_get_the_usual_permissions(tmp_
     assert ckpt.stat().st_mode & 0o777 == 0o644
     assert text.stat().st_mode & 0o777 == 0o644
     assert text.read_bytes() == b"lr: 0.1\n"
+
+
+# --------------------------------------------------------------------------
+# the default base, and the two key layouts
+# --------------------------------------------------------------------------
+def test_the_default_base_is_the_configurations_file_else_the_newest_pretrain_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = get_config("R32_C10")
+    folder = tmp_path / "cv/pretrained/R32_C10"
+    folder.mkdir(parents=True)
+    assert find_default_base(cfg) is None
+    for name in ("pk_E_12_A_0.880.t7", "pk_E_164_A_0.901.t7", "pk_E_164_A_0.915.t7", "pk_E_9_A_0.990.t7",
+                 "notes.t7"):
+        (folder / name).write_bytes(b"")
+    # the highest epoch, then the highest accuracy; other files are not bases
+    assert find_default_base(cfg) == Path("cv/pretrained/R32_C10/pk_E_164_A_0.915.t7")
+    (folder / "pk_E_164_A_0.923.t7").write_bytes(b"")  # the authors' file, the configuration's default
+    assert find_default_base(cfg) == Path("cv/pretrained/R32_C10/pk_E_164_A_0.923.t7")
+
+
+@pytest.mark.parametrize("name", ["R32_C10", "R101_ImgNet"])
+def test_flat_and_standard_key_layouts_round_trip(built_models, name):
+    flat = built_models(name).state_dict()
+    standard = to_standard_keys(flat)
+    assert not any(k.startswith(("blocks.", "ds.")) for k in standard)
+    assert list(to_flat_keys(standard)) == list(flat)
+    tv = torchvision.models.resnet101() if name == "R101_ImgNet" else None
+    if tv is not None:
+        assert set(to_standard_keys(to_flat_keys(tv.state_dict()))) == set(tv.state_dict())
+        assert set(to_flat_keys(tv.state_dict())) == set(flat)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import ROOT, assert_legible_png, script_env
@@ -43,6 +44,7 @@ def test_digits_configuration_loads_offline_with_the_right_shapes_classes_and_sp
         assert agent(batch)[0].shape == (4, 15)
 
 
+@pytest.mark.slow
 def test_shortened_demo_runs_end_to_end_and_writes_the_report_and_figures(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, str(ROOT / "demo.py"), "--out", str(out), "--device", "cpu",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -403,3 +405,17 @@ def test_policy_of_the_wrong_length_is_rejected(r32):
         r32.forward_single(x, torch.ones(14, dtype=torch.float64))
     with pytest.raises(ValueError):
         r32(x, torch.ones(1, 54, dtype=torch.float64))
+
+
+def test_train_mode_masked_form_of_one_image_equals_running_only_its_kept_blocks():
+    """In train mode BN normalises with the batch's statistics: for a batch of one
+    image the masked form and the one-image path see the same batch, so their
+    logits, and the BN running statistics they leave, are the same."""
+    torch.manual_seed(5)
+    masked = randomize_bn(build_resnet(get_config("R32_C10")).double(), seed=5).train()
+    single = copy.deepcopy(masked)
+    x = _images(1, 32, 23)
+    policy = torch.tensor([[1.0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1, 0, 1]], dtype=torch.float64)
+    assert torch.allclose(masked(x, policy), single.forward_single(x, policy[0]), atol=1e-10)
+    for (name, a), (_, b) in zip(masked.named_buffers(), single.named_buffers()):
+        assert torch.allclose(a, b, atol=1e-12), name

@@ -5,7 +5,6 @@ errors for bad inputs."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import re
@@ -21,7 +20,6 @@ from conftest import (
     CIFAR_FIRST_OF_STAGE,
     CIFAR_POLICY_NET_K54,
     CIFAR_STEM,
-    TEST_SCRIPT,
     assert_one_line_error,
     authors_agent_state,
     cifar_block_costs,
@@ -29,15 +27,15 @@ from conftest import (
     constant_policy_agent,
     images_as_tensor,
     randomize_bn,
-    run_concurrently,
+    run_main,
     run_test_script,
     save_legacy,
-    script_command,
     standard_layout,
     strip_nbt,
     write_cifar10,
 )
 from models import build_agent, build_resnet, get_config
+from utils.cli import load_script
 
 REPORT_LINES = [
     r"^    Accuracy: \d\.\d{3}$",
@@ -160,8 +158,8 @@ def full_run(tmp_path_factory):
     base.parent.mkdir(parents=True)
     torch.save({"state_dict": standard_layout(strip_nbt(resnet.state_dict()), prefix="module."),
                 "epoch": 130, "acc": 0.932}, base)
-    result = run_test_script("--model", "R110_C10", "--data_dir", tmp / "data", "--limit", "5",
-                             "--device", "cpu", "--json", tmp / "full.json", cwd=tmp / "work")
+    result = run_main(load_test_module(), "--model", "R110_C10", "--data_dir", tmp / "data", "--limit", "5",
+                      "--device", "cpu", "--json", tmp / "full.json", cwd=tmp / "work")
     assert result.returncode == 0, result.stderr
     return {"lines": report_lines(result.stdout), "json": json.loads((tmp / "full.json").read_text())}
 
@@ -185,10 +183,7 @@ def test_full_profile_accuracy_is_that_of_the_base_on_the_limited_images(full_ru
 # mixed policies, in-process through main(args), agent-only file plus --base
 # --------------------------------------------------------------------------
 def load_test_module():
-    spec = importlib.util.spec_from_file_location("blockdrop_test_script", TEST_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("test")  # the project's test.py, not the standard library's test package
 
 
 @torch.no_grad()
@@ -307,7 +302,7 @@ def test_main_prints_the_report_and_writes_json(mixed_run, mixed_output):
 # --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory):
-    """Prepares every bad input and runs test.py on each, all at once."""
+    """Prepares every bad input and runs test.py's command line on each, in this process."""
     tmp = tmp_path_factory.mktemp("bad")
     write_cifar10(tmp / "data", n_train=1, n_test=2)
     cfg = get_config("R32_C10")
@@ -334,7 +329,8 @@ def bad_runs(tmp_path_factory):
         "limit_zero": (["--model", "R32_C10", "--load", str(good), "--data_dir", d, "--limit", "0",
                         "--device", "cpu"], None),
     }
-    results = run_concurrently({name: (script_command(*args), cwd or tmp) for name, (args, cwd) in cases.items()})
+    module = load_test_module()
+    results = {name: run_main(module, *args, cwd=cwd or tmp) for name, (args, cwd) in cases.items()}
     return {"results": results, "tmp": tmp, "files": files}
 
 

@@ -6,26 +6,34 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.distributions import Bernoulli
 from torch.utils.data import TensorDataset
 
 import cl_training
-from conftest import ROOT, script_env, write_cifar10
+import finetune
+import pretrain
+from conftest import ROOT, assert_one_line_error, run_main, script_env, write_cifar10
 from engine import (
+    Networks,
     RLConfig,
     TrainConfig,
+    build_networks,
+    exploration_prob,
     fit,
     force_prefix,
     learned_blocks,
+    make_optimizer,
     policy_loss,
     reward,
     train_step,
 )
 from models import build_agent, build_resnet, get_config
-from utils import parse_base_checkpoint_name, parse_checkpoint_name, to_standard_keys
+from utils import BlockDropError, parse_base_checkpoint_name, parse_checkpoint_name, to_standard_keys
 
 NOOP_BLOCKS = [1, 2, 3, 6, 7, 8, 11, 12, 13]  # R32: 15 blocks, these made exact no-ops
 
@@ -215,6 +223,7 @@ def noop_base(n_images: int, seed: int = 0):
     return resnet, images, labels
 
 
+@pytest.mark.slow
 def test_curriculum_learns_to_drop_the_no_op_blocks_and_keep_the_others(tmp_path):
     n_train, n_test = 512, 128
     resnet, images, labels = noop_base(n_train + n_test)
@@ -241,6 +250,7 @@ def test_curriculum_learns_to_drop_the_no_op_blocks_and_keep_the_others(tmp_path
 
 
 # ---------------------------------------------------------------- the scripts chain
+@pytest.mark.slow
 def test_pretrain_then_curriculum_then_finetune_then_test(tmp_path):
     data = tmp_path / "data"
     write_cifar10(data, n_train=10, n_test=12)
@@ -305,11 +315,13 @@ def test_training_without_a_base_says_where_it_is_expected_and_that_pretrain_mak
     assert "cv/pretrained/R32_C10/pk_E_164_A_0.923.t7" in lines[0] and "pretrain.py" in lines[0]
 
 
-@pytest.mark.parametrize("flags", [["--batch_size", "0"], ["--alpha", "0.2"], ["--max_epochs", "x"]])
-def test_training_bad_flags_are_one_line_and_exit_2(tmp_path, flags):
-    res = run_script("finetune.py", "--model", "R32_C10", *flags, cwd=tmp_path)
-    assert res.returncode == 2
-    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+@pytest.mark.parametrize("flags,named", [
+    (["--batch_size", "0"], "--batch_size"), (["--alpha", "0.2"], "--alpha"), (["--max_epochs", "x"], "--max_epochs"),
+    (["--model", "R56_C10"], "R56_C10"), (["--lr", "nan"], "--lr"), (["--workers", "-1"], "--workers"),
+])
+@pytest.mark.parametrize("script", [cl_training, finetune])
+def test_training_bad_flags_are_one_line_and_exit_2(tmp_path, script, flags, named):
+    assert named in assert_one_line_error(run_main(script, *flags, cwd=tmp_path))
 
 
 def test_finetune_rejects_a_curriculum_checkpoint_of_another_configuration(tmp_path):
@@ -323,10 +335,11 @@ def test_finetune_rejects_a_curriculum_checkpoint_of_another_configuration(tmp_p
     assert "54" in res.stderr and "15" in res.stderr
 
 
-def test_scripts_import_without_running(tmp_path):
-    for name in ("cl_training", "finetune", "pretrain", "test"):
-        res = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True)
-        assert res.returncode == 0 and res.stdout == "", res.stderr
+def test_scripts_import_without_running():
+    scripts = ["cl_training", "finetune", "pretrain", "sweep", "visualize", "demo", "convert_base"]
+    code = f"import {', '.join(scripts)}; from utils.cli import load_script; load_script('test')"
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=script_env(), capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res.stderr
 
 
 def test_parallel_without_two_gpus_says_so_and_trains_on_the_one_device(tmp_path, capsys):
@@ -342,3 +355,120 @@ def test_parallel_without_two_gpus_says_so_and_trains_on_the_one_device(tmp_path
     out = capsys.readouterr().out
     assert "--parallel needs 2 or more CUDA GPUs; running on cpu" in out
     assert result["epoch"] == 0 and parse_checkpoint_name(result["checkpoint"])["epoch"] == 0
+
+
+# ---------------------------------------------------------------- the pieces of the recipe
+def test_exploration_probabilities_stay_within_one_minus_alpha_and_alpha():
+    keep_prob = torch.linspace(0, 1, 101)
+    for alpha in (0.5, 0.8, 0.95, 1.0):
+        explore = exploration_prob(keep_prob, alpha)
+        assert explore.min() >= 1 - alpha - 1e-7 and explore.max() <= alpha + 1e-7
+        assert explore[0].item() == pytest.approx(1 - alpha) and explore[-1].item() == pytest.approx(alpha)
+    assert torch.allclose(exploration_prob(keep_prob, 0.5), torch.full_like(keep_prob, 0.5))
+    # a block the agent is sure to drop is still sampled about 1 - alpha of the time
+    torch.manual_seed(0)
+    samples = Bernoulli(probs=exploration_prob(torch.zeros(20000), 0.8)).sample()
+    assert samples.mean().item() == pytest.approx(0.2, abs=0.01)
+
+
+def test_entropy_bonus_has_the_papers_sign_and_scale():
+    keep_prob = torch.tensor([[0.1, 0.6, 0.9], [0.5, 0.3, 0.7]], requires_grad=True)
+    policy = torch.tensor([[0.0, 1, 1], [1, 0, 1]])
+    cfg = RLConfig(alpha=0.8, beta=0.25)
+    # with no advantage the loss is the entropy term alone: -beta * sum(-p' log p') / B
+    loss = policy_loss(keep_prob, policy, torch.zeros(2), 3, cfg)
+    explore = 0.8 * keep_prob.detach() + 0.2 * (1 - keep_prob.detach())
+    entropy = (-explore * explore.log()).sum()
+    assert loss.item() == pytest.approx(-0.25 * entropy.item() / 2, rel=1e-6)
+    # minimising it raises the entropy (SPEC's sum of -p' log p', largest at p' = 1/e)
+    loss.backward()
+    with torch.no_grad():
+        stepped = keep_prob - 0.05 * keep_prob.grad
+    explore_after = 0.8 * stepped + 0.2 * (1 - stepped)
+    assert (-explore_after * explore_after.log()).sum() > entropy
+    # and it counts every block, the curriculum's forced-on ones too
+    loss_one_learned = policy_loss(keep_prob.detach(), policy, torch.zeros(2), 1, cfg)
+    assert loss_one_learned.item() == pytest.approx(loss.item())
+    # joint finetuning has no entropy term
+    assert policy_loss(keep_prob.detach(), policy, torch.zeros(2), 3, RLConfig(beta=0.25, joint=True)).item() == 0
+
+
+def _tiny_run(tmp_path, *extra: str, joint: bool = False, name: str = "cv") -> tuple[dict, TrainConfig]:
+    """A run of R32_C10 on 24 random images, in this process."""
+    cfg = get_config("R32_C10")
+    torch.manual_seed(0)
+    base = tmp_path / "base.t7"
+    if not base.exists():
+        torch.save({"state_dict": to_standard_keys(build_resnet(cfg).state_dict())}, base)
+    g = torch.Generator().manual_seed(1)
+    data = (TensorDataset(torch.rand(24, 3, 32, 32, generator=g), torch.randint(0, 10, (24,), generator=g)),
+            TensorDataset(torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)))
+    script = finetune if joint else cl_training
+    args = script.get_args_parser().parse_args(
+        ["--model", "R32_C10", "--base", str(base), "--cv_dir", str(tmp_path / name), "--batch_size", "8",
+         "--workers", "0", "--device", "cpu", "--test_every", "1", *extra])
+    config = TrainConfig.from_args(args, joint=joint)
+    return fit(config, datasets=data), config
+
+
+def _tensors_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_same_seed_repeats_a_run_exactly(tmp_path):
+    first, _ = _tiny_run(tmp_path, "--seed", "3", "--max_epochs", "1", joint=True, name="a")
+    second, _ = _tiny_run(tmp_path, "--seed", "3", "--max_epochs", "1", joint=True, name="b")
+    a, b = (torch.load(r["checkpoint"], weights_only=True) for r in (first, second))
+    assert Path(first["checkpoint"]).name == Path(second["checkpoint"]).name
+    assert _tensors_equal(a["agent"], b["agent"]) and _tensors_equal(a["resnet"], b["resnet"])
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
+
+
+def test_load_restores_agent_resnet_optimizer_and_the_epoch(tmp_path):
+    first, _ = _tiny_run(tmp_path, "--seed", "0", "--max_epochs", "0", "--lr", "1e-3", joint=True)
+    saved = torch.load(first["checkpoint"], weights_only=True)
+    config = TrainConfig(joint=True, model="R32_C10", load=first["checkpoint"], lr=1e-3, base=None)
+    nets = build_networks(config)
+    assert nets.start_epoch == 1
+    assert _tensors_equal(nets.agent.state_dict(), saved["agent"])
+    assert _tensors_equal(nets.resnet.state_dict(), saved["resnet"])
+    optimizer, _ = make_optimizer(config, nets)
+    state = optimizer.state_dict()["state"]
+    assert state.keys() == saved["optimizer"]["state"].keys() and len(state) > 0
+    for index, entry in saved["optimizer"]["state"].items():
+        assert all(torch.equal(state[index][k], v) for k, v in entry.items())
+
+
+def test_an_optimizer_state_that_does_not_fit_is_an_error_naming_the_file(tmp_path):
+    first, _ = _tiny_run(tmp_path, "--seed", "0", "--max_epochs", "0", joint=True)
+    ckpt = torch.load(first["checkpoint"], weights_only=True)
+    ckpt["optimizer"]["param_groups"][0]["params"] = ckpt["optimizer"]["param_groups"][0]["params"][:5]
+    bad = tmp_path / "bad_optimizer.t7"
+    torch.save(ckpt, bad)
+    config = TrainConfig(joint=True, model="R32_C10", load=str(bad))
+    with pytest.raises(BlockDropError, match="bad_optimizer.t7.*optimizer state does not fit"):
+        make_optimizer(config, build_networks(config))
+
+
+def test_learning_rate_follows_the_originals_step_schedule_from_any_start_epoch():
+    agent = build_agent(get_config("R32_C10"))
+    for start in (0, 4):
+        config = TrainConfig(joint=False, model="R32_C10", lr=3e-3, lr_decay_ratio=0.1, epoch_step=3)
+        nets = Networks(agent, build_resnet(get_config("R32_C10")), start, None, "random init")
+        optimizer, schedule = make_optimizer(config, nets)
+        for epoch in range(start, 10):
+            assert optimizer.param_groups[0]["lr"] == 3e-3 * 0.1 ** (epoch // 3), epoch  # the original's formula
+            optimizer.step()  # no gradients: nothing moves, but the schedule sees the usual order
+            schedule.step()
+
+
+def test_pretrain_learning_rate_warms_up_then_drops_at_each_milestone():
+    args = pretrain.get_args_parser().parse_args(["--lr", "0.1", "--warmup", "1", "--milestones", "3", "5"])
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=args.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: pretrain.lr_factor(args, e + 1))
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert seen == pytest.approx([0.01, 0.1, 0.01, 0.01, 0.001, 0.001], rel=1e-12)

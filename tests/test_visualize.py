@@ -4,18 +4,21 @@ R32_Digits test set (offline, CPU), and its one-line errors for bad inputs."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
+import visualize as visualize_script
 from conftest import (
     ROOT,
     assert_legible_png,
     assert_one_line_error,
     constant_policy_agent,
-    run_concurrently,
+    run_main,
+    script_env,
     strip_nbt,
 )
 from models import build_agent, build_resnet, get_config
@@ -85,7 +88,8 @@ def runs(tmp_path_factory):
         "missing_checkpoint": ["--load", tmp / "missing.t7", *common],
         "limit_zero": ["--load", ckpt, "--model", "R32_Digits", "--device", "cpu", "--limit", 0],
     }
-    return {"results": run_concurrently({name: (visualize_command(*args), tmp) for name, args in cases.items()}), "tmp": tmp, "ckpt": ckpt}
+    results = {name: run_main(visualize_script, *args, cwd=tmp) for name, args in cases.items()}
+    return {"results": results, "tmp": tmp, "ckpt": ckpt}
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +226,9 @@ def test_bad_input_is_one_line_naming_what_is_wrong(runs, case, named):
     line = assert_one_line_error(runs["results"][case])
     for word in named:
         assert word in line, (word, line)
+
+
+def test_the_script_itself_answers_bad_input_in_one_line(tmp_path):
+    result = subprocess.run(visualize_command("--model", "R32_Digits", "--load", tmp_path / "missing.t7"),
+                            cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert "missing.t7" in assert_one_line_error(result)
