@@ -386,7 +386,7 @@ def load_sweep(path: Path) -> dict:
     try:
         sweep = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BlockDropError(f"--sweep {path}: not valid JSON ({exc})") from None
+        raise BlockDropError(f"--sweep {path}: not valid JSON ({exc})") from exc
     if not isinstance(sweep, dict) or not isinstance(sweep.get("runs"), list) or not sweep["runs"]:
         raise BlockDropError(f"--sweep {path}: expected an object with a non-empty 'runs' list")
     for i, run in enumerate(sweep["runs"]):
@@ -442,7 +442,7 @@ def make_figures(collected: dict, summary: dict, testset, cfg, stage_sizes: list
 
 def write_figures(figures: dict[str, Figure], out: Path, log_dir: Path, step: int = 0) -> dict[str, Path]:
     """Each figure as ``out/<name>.png`` and as ``visualize/<name>`` in TensorBoard; closes them."""
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # slow to import: only where figures are written
 
     written = {}
     writer = SummaryWriter(str(log_dir))
