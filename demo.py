@@ -74,16 +74,22 @@ def get_args_parser() -> ArgumentParser:
 
 
 def table(full: dict, ours: dict, penalty: float) -> str:
-    """Full ResNet-32 against BlockDrop, the figures of ``test.py``."""
-    rows = [("full ResNet-32 *", full), (f"BlockDrop (penalty {penalty:g})", ours)]
-    lines = [f"{'':26s} {'accuracy':>8s}  {'blocks used':>14s}  {'FLOPs/img':>16s}  {'unique policies':>15s}"]
-    for name, f in rows:
+    """Full ResNet-32 against BlockDrop: the figures of ``test.py``, and the time
+    per image measured in BlockDrop's profiling run for both networks."""
+    times = {"full": ours["full_time_per_image"], "ours": ours["time_per_image"]}
+    rows = [("full ResNet-32 *", full, times["full"]), (f"BlockDrop (penalty {penalty:g})", ours, times["ours"])]
+    lines = [f"{'':26s} {'accuracy':>8s}  {'blocks used':>14s}  {'FLOPs/img':>16s}  {'time/img †':>15s}  "
+             f"{'unique policies':>15s}"]
+    for name, f, seconds in rows:
         share = f["flops"] / full["flops"]
         blocks = f"{f['block_usage']:.2f} ± {f['block_usage_std']:.2f}"
+        time_cell = f"{1000 * seconds:.2f} ms ({seconds / times['full']:4.0%})"
         lines.append(f"{name:26s} {f['accuracy']:8.3f}  {blocks:>14s}  "
-                     f"{f['flops']:.2E} ({share:4.0%})  {f['unique_policies']:15d}")
+                     f"{f['flops']:.2E} ({share:4.0%})  {time_cell:>15s}  {f['unique_policies']:15d}")
     lines.append(f"* as test.py counts it, with the policy network: ResNet-32 {full['full_resnet_flops']:.2E} "
                  f"+ policy network {full['policy_flops']:.2E}")
+    lines.append(f"† measured in one run, batches of {ours['batch_size']} on {ours['device']}: BlockDrop runs the "
+                 "policy network and each block on the images that keep it; the full ResNet has no policy network")
     return "\n".join(lines)
 
 
@@ -124,7 +130,8 @@ def main(args: argparse.Namespace) -> dict:
         "--pretrained", cl["checkpoint"], "--base", str(base), "--cv_dir", str(out / "sweep"),
         "--penalties", *map(str, [args.penalty, *args.sweep_penalties]),
         "--max_epochs", str(args.ft_epochs), "--lr", str(args.ft_lr),
-        "--batch_size", str(args.batch_size), "--test_every", str(max(1, args.ft_epochs))])
+        "--batch_size", str(args.batch_size), "--test_every", str(max(1, args.ft_epochs)),
+        "--profile_batch_size", str(args.batch_size)])
     print(f"\n$ python sweep.py {' '.join(_argv_of(sweep_args))}", flush=True)
     result = sweep.run_sweep(sweep_args)
     full, ours = result["full"], result["runs"][0]
@@ -137,6 +144,7 @@ def main(args: argparse.Namespace) -> dict:
     summary = {
         "model": args.model, "penalty": args.penalty, "full": full, "blockdrop": ours,
         "flops_ratio": ours["flops"] / full["flops"],
+        "time_ratio": ours["time_per_image"] / ours["full_time_per_image"],
         "accuracy_drop": full["accuracy"] - ours["accuracy"],
         "base": str(base), "curriculum": cl["checkpoint"], "finetuned": ours["checkpoint"],
         "figures": sorted(str(p) for p in vis.values() if str(p).endswith(".png")),
@@ -149,7 +157,8 @@ def main(args: argparse.Namespace) -> dict:
     (out / "report.txt").write_text(text + "\n")
     print("\n" + text)
     print(f"\nBlockDrop: {summary['flops_ratio']:.1%} of the full network's FLOPs "
-          f"({ours['flops'] / full['full_resnet_flops']:.1%} of the ResNet-32 alone), accuracy "
+          f"({ours['flops'] / full['full_resnet_flops']:.1%} of the ResNet-32 alone) and "
+          f"{ours['time_per_image'] / ours['full_time_per_image']:.1%} of its measured time, accuracy "
           f"{-100 * summary['accuracy_drop']:+.1f} points against the full ResNet-32 "
           f"({summary['minutes']:.1f} minutes in all)")
     print(f"written: {out / 'report.txt'}, {out / 'report.json'}, figures in {figures}/, "

@@ -85,6 +85,7 @@ class RLConfig:
     penalty: float = -1.0
     beta: float = 0.1
     joint: bool = False  # False: curriculum (ResNet frozen); True: joint finetuning
+    execution: str | None = None  # the ResNet's mode (None: per image in eval mode, masked in train mode)
 
 
 def policy_loss(keep_prob: torch.Tensor, policy: torch.Tensor, advantage: torch.Tensor,
@@ -111,12 +112,12 @@ def train_step(agent: nn.Module, resnet: nn.Module, inputs: torch.Tensor, target
     policy = force_prefix(sampled, learned)
 
     with torch.no_grad():
-        preds_map = resnet(inputs, policy_map)
+        preds_map = resnet(inputs, policy_map, cfg.execution)
     if cfg.joint:
-        preds = resnet(inputs, policy)
+        preds = resnet(inputs, policy, cfg.execution)
     else:
         with torch.no_grad():
-            preds = resnet(inputs, policy)
+            preds = resnet(inputs, policy, cfg.execution)
 
     reward_map, _ = reward(preds_map, targets, policy_map, cfg.penalty)
     reward_sample, correct = reward(preds, targets, policy, cfg.penalty)
@@ -258,6 +259,7 @@ class TrainConfig:
     seed: int | None = None
     workers: int = 4
     test_every: int = 10
+    per_image: bool = False  # finetuning only: train with per-image execution instead of the masked form
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, joint: bool) -> TrainConfig:
@@ -268,8 +270,8 @@ class TrainConfig:
         """The flags of the run's script, as ``args.txt`` and the checkpoints record them."""
         out = asdict(self)
         del out["joint"]
-        if not self.joint:
-            del out["pretrained"]  # cl_training.py has no such flag
+        if not self.joint:  # flags of finetune.py only
+            del out["pretrained"], out["per_image"]
         return out
 
 
@@ -361,7 +363,8 @@ def fit(cfg: TrainConfig, datasets: tuple | None = None) -> dict:
     args = {**cfg.flags(), "policy_start": nets.policy_start}
     save_args(args, cv_dir)
     logger = RunLogger(cv_dir)
-    rl = RLConfig(alpha=cfg.alpha, penalty=cfg.penalty, beta=cfg.beta, joint=cfg.joint)
+    rl = RLConfig(alpha=cfg.alpha, penalty=cfg.penalty, beta=cfg.beta, joint=cfg.joint,
+                  execution="per_image" if cfg.per_image else None)
     num_blocks = nets.agent.num_blocks
     last = {"checkpoint": None}
     try:

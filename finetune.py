@@ -16,6 +16,11 @@ def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="finetune.py", description="BlockDrop joint finetuning")
     add_training_flags(p, lr=1e-4, epoch_step=1600, max_epochs=2000, penalty=-5)
     p.add_argument("--pretrained", default=None, help="curriculum checkpoint whose agent to start from")
+    p.add_argument("--per_image", action="store_true",
+                   help="train with per-image execution: each block runs only on the images that keep it, so a "
+                        "step costs what the kept blocks cost, and its BatchNorm statistics come from those "
+                        "images alone (default: the paper's masked form, where every block that any image "
+                        "keeps runs on the whole batch)")
     return p
 
 

@@ -54,6 +54,9 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
     p.add_argument("--workers", type=nonnegative_int, default=4, help="data loader workers")
     p.add_argument("--limit", type=positive_int, default=None, help="profile only the first N test images")
+    p.add_argument("--profile_batch_size", type=positive_int, default=1,
+                   help="test.py's --batch_size: the figures are those of the one-image profile at any size; "
+                        "the measured time is at this batch size")
     return p
 
 
@@ -79,7 +82,7 @@ def run_settings(args: argparse.Namespace, penalty: float, starts: dict) -> dict
     SHA-256 digests) and the flags."""
     return {"model": args.model, "penalty": penalty, **starts, "max_epochs": args.max_epochs, "lr": args.lr,
             "batch_size": args.batch_size, "test_every": args.test_every, "seed": args.seed,
-            "data_dir": args.data_dir, "limit": args.limit}
+            "data_dir": args.data_dir, "limit": args.limit, "profile_batch_size": args.profile_batch_size}
 
 
 def profile(args: argparse.Namespace, out: Path, load: Path | None, base: str | None) -> dict:
@@ -88,6 +91,7 @@ def profile(args: argparse.Namespace, out: Path, load: Path | None, base: str | 
     argv += ["--base", base] if base else []
     argv += ["--device", args.device] if args.device else []
     argv += ["--limit", str(args.limit)] if args.limit else []
+    argv += ["--batch_size", str(args.profile_batch_size)]
     run_step("test.py", load_script("test"), argv)  # the project's test.py, not the standard library's
     return json.loads(out.read_text())
 
@@ -119,7 +123,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     cv_dir.mkdir(parents=True, exist_ok=True)
     starts = {"pretrained_sha256": file_sha256(args.pretrained), "base_sha256": base_sha256(args)}
     full = cached(cv_dir / "full_run.json", {"model": args.model, "base_sha256": starts["base_sha256"],
-                                              "data_dir": args.data_dir, "limit": args.limit},
+                                              "data_dir": args.data_dir, "limit": args.limit, "profile_batch_size": args.profile_batch_size},
                   lambda: profile(args, cv_dir / "full.json", None, args.base))
     runs = []
     for penalty in args.penalties:

@@ -1,10 +1,13 @@
-"""Profile a BlockDrop model: accuracy, blocks used and FLOPs per image.
+"""Profile a BlockDrop model: accuracy, blocks used, FLOPs and measured time per image.
 
     python test.py --model R110_C10 --load cv/finetuned/R110_C10_gamma_10/ckpt_E_2000_A_0.936_R_1.95E-01_S_16.93_#_469.t7
 
-Greedy policy, one image at a time, and only the chosen blocks run. FLOPs
-count the policy network too (SPEC section 7). Without ``--load`` every block
-runs: the full ResNet of the default pretrained base.
+Greedy policy, and only the chosen blocks run: one image at a time by default,
+as the original profiles, or in batches (``--batch_size``) where each block
+runs on the images that keep it. FLOPs count the policy network too (SPEC
+section 7). Without ``--load`` every block runs: the full ResNet of the default
+pretrained base. After the original's four lines, the measured time per image
+of the model and of the full ResNet, timed the same way in the same run.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from utils.cli import (
 )
 from utils.data import get_datasets
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
+from utils.timing import seconds_per_image
 
 
 def get_args_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="test.py", description="BlockDrop profiling: accuracy, block usage, FLOPs/img")
+    p = ArgumentParser(prog="test.py", description="BlockDrop profiling: accuracy, block usage, FLOPs/img, time/img")
     add_model_flag(p, "R110_C10")
     p.add_argument("--data_dir", default="data/", help="data set folder")
     p.add_argument("--load", default=None, help="BlockDrop checkpoint to profile (default: the full ResNet)")
@@ -42,6 +46,11 @@ def get_args_parser() -> ArgumentParser:
                    help="pretrained base ResNet, used when --load holds no ResNet "
                         "(default: the configuration's file under cv/pretrained/)")
     add_device_flag(p)
+    p.add_argument("--batch_size", type=positive_int, default=1,
+                   help="images per batch, each block run on the images that keep it; 1 is the original's "
+                        "one-image profile, and every figure but the time is the same at any batch size")
+    p.add_argument("--time_images", type=nonnegative_int, default=256,
+                   help="how many of the profiled images to time (at least one batch; 0: no time line)")
     p.add_argument("--workers", type=nonnegative_int, default=0, help="data loader workers")
     p.add_argument("--limit", type=positive_int, default=None, help="profile only the first N test images")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
@@ -49,16 +58,16 @@ def get_args_parser() -> ArgumentParser:
 
 
 def profile(agent, resnet, dataset, device: torch.device, full: bool, limit: int | None = None,
-            workers: int = 0) -> dict:
-    """Run every test image on its own through the agent and the blocks it keeps
-    (``full``: every block, no agent)."""
+            workers: int = 0, batch_size: int = 1) -> dict:
+    """Every test image through the agent and the blocks it keeps (``full``:
+    every block, no agent), ``batch_size`` images at a time."""
     if len(dataset) == 0:
         raise BlockDropError("no test images to profile: the test set is empty")
     size = dataset[0][0].shape[-1]
     table = resnet_flop_table(resnet, size)
     policy_net_flops = agent_flops(agent, size)
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    loader = DataLoader(Subset(dataset, range(n)), batch_size=1, shuffle=False, num_workers=workers)
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=workers)
     out = predict(BlockDrop(None if full else agent, resnet), loader, device, desc="profiling")
     policies = out["policies"]
     stats = policy_stats(policies)
@@ -77,23 +86,40 @@ def profile(agent, resnet, dataset, device: torch.device, full: bool, limit: int
         "full_resnet_flops": table[0] + sum(table[1]),
         "unique_policies": stats["unique"],
         "num_blocks": policies.shape[1],
+        "batch_size": batch_size,
     }
 
 
+def measure_time(agent, resnet, dataset, device: torch.device, full: bool, images: int, batch_size: int) -> dict:
+    """Seconds per image of the model (policy network and kept blocks; ``full``:
+    the full ResNet) and of the full ResNet, on the first ``images`` test images
+    (at least one batch), at ``batch_size``, on ``device``, in the same run."""
+    n = min(len(dataset), max(images, batch_size))
+    x = torch.stack([dataset[i][0] for i in range(n)]).to(device)
+    model = BlockDrop(None if full else agent, resnet).eval()
+    seconds = seconds_per_image({"model": model, "full": resnet.eval()}, x, batch_size)
+    return {"time_images": n, "time_per_image": seconds["model"], "full_time_per_image": seconds["full"]}
+
+
 def report(figures: dict) -> str:
-    """The four lines of SPEC section 7."""
-    return (
+    """The four lines of SPEC section 7, then the measured time when there is one."""
+    lines = (
         f"    Accuracy: {figures['accuracy']:.3f}\n"
         f"    Block Usage: {figures['block_usage']:.3f} ± {figures['block_usage_std']:.3f}\n"
         f"    FLOPs/img: {figures['flops']:.2E} ± {figures['flops_std']:.2E}\n"
         f"    Unique Policies: {figures['unique_policies']}"
     )
+    if "time_per_image" in figures:
+        ms, full_ms = 1000 * figures["time_per_image"], 1000 * figures["full_time_per_image"]
+        lines += (f"\n    Time/img: {ms:.3g} ms (full ResNet {full_ms:.3g} ms): "
+                  f"{full_ms / ms:.2f}x measured, {figures['full_resnet_flops'] / figures['flops']:.2f}x in FLOPs")
+    return lines
 
 
 def main(args: argparse.Namespace) -> dict:
     cfg = get_config(args.model)
     device = choose_device(args.device)
-    resnet, agent = build_resnet(cfg), build_agent(cfg)  # its weights: --load's agent
+    resnet, agent = build_resnet(cfg), build_agent(cfg)  # the agent's weights: --load's
     source = {}
     if args.load:
         ckpt = load_blockdrop_checkpoint(Path(args.load), cfg.name, agent, resnet)
@@ -105,8 +131,12 @@ def main(args: argparse.Namespace) -> dict:
     _, testset = get_datasets(cfg, args.data_dir)
     agent.to(device)
     resnet.to(device)
-    figures = profile(agent, resnet, testset, device, full=not args.load, limit=args.limit,
-                      workers=args.workers)
+    full = not args.load
+    figures = profile(agent, resnet, testset, device, full, args.limit, args.workers, args.batch_size)
+    if args.time_images:
+        timed = Subset(testset, range(figures["images"]))
+        figures.update(measure_time(agent, resnet, timed, device, full, args.time_images, args.batch_size))
+        figures["device"] = str(device)
     print(report(figures), flush=True)
     if args.json:
         write_json(Path(args.json), {"model": cfg.name, **source, **figures})

@@ -10,7 +10,8 @@ of that stage) and a head. Block t of the flat order runs as
 where ``shortcut`` is ``ds[stage]`` for the first block of a stage and the
 identity otherwise (BlockDrop, SPEC section 3). One block loop,
 ``run_blocks``, runs a policy in each execution mode: every block, the batched
-masked form used for training, and only the kept blocks.
+masked form of training, each block on the images that keep it (per image, in
+batches), and the kept blocks of one shared policy.
 """
 
 from __future__ import annotations
@@ -181,38 +182,61 @@ class FlatResNet(nn.Module):
         - ``"masked"``: ``policy`` is B x K (0/1); a block that any image keeps
           runs on the whole batch and ``x = u * relu(shortcut + f(x)) + (1 - u) * shortcut``
           per image, the training form of the paper;
+        - ``"per_image"``: ``policy`` is B x K; each block runs only on the
+          images that keep it (their rows are gathered, run and put back), the
+          shortcut applies to every image: the masked form's result for the
+          compute of the kept blocks alone;
         - ``"kept"``: ``policy`` is one length-K vector shared by the batch and
           only its kept blocks run (profiling one image at a time).
 
         In every mode a block that no image keeps is not run at all, in train
         mode as in eval mode, as the original does: its BN running statistics
-        stay as they were and it gets no new gradient."""
+        stay as they were and it gets no new gradient. With gradients off,
+        ``x`` may be updated in place."""
         if mode == "full":
             runs = [True] * self.num_blocks
-        elif mode in ("masked", "kept"):
-            self._check_policy(policy, batched=mode == "masked")
-            runs = (policy.bool().any(0) if mode == "masked" else policy.bool()).tolist()  # one host sync
+        elif mode in ("masked", "per_image", "kept"):
+            self._check_policy(policy, batched=mode != "kept")
+            keep = policy.detach().bool().cpu()  # the one host synchronisation
+            runs = (keep.any(0) if mode != "kept" else keep).tolist()
         else:
             raise ValueError(f"unknown execution mode {mode!r}")
+        rows = self._kept_rows(keep, x.device) if mode == "per_image" else [None] * self.num_blocks
         for t, (s, i) in enumerate(self.block_index):
             shortcut = self._shortcut(x, s, i)
             if not runs[t]:
                 x = shortcut
             elif mode == "masked":
-                keep = policy[:, t].to(x.dtype).view(-1, 1, 1, 1)
-                x = keep * F.relu(shortcut + self.blocks[s][i](x)) + (1 - keep) * shortcut
+                u = policy[:, t].to(x.dtype).view(-1, 1, 1, 1)
+                x = u * F.relu(shortcut + self.blocks[s][i](x)) + (1 - u) * shortcut
+            elif rows[t] is not None:  # per image, and some images drop this block
+                r = rows[t]
+                out = F.relu(shortcut.index_select(0, r) + self.blocks[s][i](x.index_select(0, r)))
+                x = shortcut.index_copy(0, r, out) if torch.is_grad_enabled() else shortcut.index_copy_(0, r, out)
             else:
                 x = F.relu(shortcut + self.blocks[s][i](x))
         return x
 
+    @staticmethod
+    def _kept_rows(keep: torch.Tensor, device: torch.device) -> list[torch.Tensor | None]:
+        """For each block, the indices of the images that keep it, or None when
+        all of them or none of them do (then no gathering is needed)."""
+        counts = keep.sum(0).tolist()
+        return [keep[:, t].nonzero().squeeze(1).to(device) if 0 < c < len(keep) else None
+                for t, c in enumerate(counts)]
+
     def _shortcut(self, x: torch.Tensor, stage: int, i: int) -> torch.Tensor:
         return self.ds[stage](x) if i == 0 else x
 
-    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits. Without a policy the plain ResNet; with a B x K policy the masked form."""
+    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None, mode: str | None = None) -> torch.Tensor:
+        """Logits. Without a policy the plain ResNet. With a B x K policy the
+        ``mode`` of ``run_blocks``: by default ``"per_image"`` in eval mode (where
+        BatchNorm uses running statistics and it gives the masked form's logits)
+        and ``"masked"``, the paper's form, in train mode."""
         if policy is None:
             return self.head(self.run_blocks(self.stem(x), None, "full"))
-        return self.head(self.run_blocks(self.stem(x), policy, "masked"))
+        mode = mode or ("masked" if self.training else "per_image")
+        return self.head(self.run_blocks(self.stem(x), policy, mode))
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:
         """Every block runs: the plain ResNet."""

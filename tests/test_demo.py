@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_legible_png, script_env
+from conftest import ROOT, assert_legible_png, run_main, script_env
 from models import build_agent, build_resnet, get_config
 from utils import digits_arrays, get_datasets
+from utils.cli import load_script
 
 
 def test_digits_configuration_loads_offline_with_the_right_shapes_classes_and_split():
@@ -63,6 +64,8 @@ def test_shortened_demo_runs_end_to_end_and_writes_the_report_and_figures(tmp_pa
     assert full["images"] == ours["images"] == 48
     assert full["block_usage"] == 15.0 and full["flops"] == 137_725_184 + 24_479_744
     assert report["flops_ratio"] == ours["flops"] / full["flops"]
+    assert report["time_ratio"] == ours["time_per_image"] / ours["full_time_per_image"] > 0
+    assert "time/img" in table and ours["batch_size"] == 128
     assert 0.0 <= ours["accuracy"] <= 1.0
     sweep = json.loads((out / "sweep" / "sweep.json").read_text())
     assert [r["penalty"] for r in sweep["runs"]] == [-5.0, -1.0]
@@ -70,6 +73,15 @@ def test_shortened_demo_runs_end_to_end_and_writes_the_report_and_figures(tmp_pa
         assert_legible_png(out / "figures" / name)
     assert (out / "sweep" / "tradeoff.png").exists()
     assert list((out / "log").glob("events.out.tfevents.*"))
+    # the finetuned digits model profiles alike one image at a time and in batches of 64, per image
+    profiles = [run_main(load_script("test"), "--model", "R32_Digits", "--load", ours["checkpoint"], "--device", "cpu",
+                         "--base", report["base"], "--batch_size", batch, "--time_images", 0,
+                         "--json", tmp_path / f"b{batch}.json", cwd=tmp_path) for batch in (1, 64)]
+    assert [p.returncode for p in profiles] == [0, 0]
+    one, batched = (json.loads((tmp_path / f"b{b}.json").read_text()) for b in (1, 64))
+    for key in ("images", "accuracy", "block_usage", "block_usage_std", "flops", "flops_std", "unique_policies"):
+        assert one[key] == batched[key], key
+    assert one["images"] == 360 and one["unique_policies"] > 1
 
 
 def test_a_new_demo_run_sets_the_earlier_results_aside_without_losing_them(tmp_path):

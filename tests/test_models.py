@@ -419,3 +419,63 @@ def test_train_mode_masked_form_of_one_image_equals_running_only_its_kept_blocks
     assert torch.allclose(masked(x, policy), single.forward_single(x, policy[0]), atol=1e-10)
     for (name, a), (_, b) in zip(masked.named_buffers(), single.named_buffers()):
         assert torch.allclose(a, b, atol=1e-12), name
+
+
+# --------------------------------------------------------------------------
+# per-image execution in batches
+# --------------------------------------------------------------------------
+def _per_image_case(name: str):
+    """A network of the configuration (R101 at 64 x 64 with a 2 x 2 pool, to be quick),
+    images, and random policies with an all-kept and a none-kept block."""
+    torch.manual_seed(7)
+    if name == "R101_ImgNet":
+        net, size = FlatResNet(Bottleneck, [3, 4, 23, 3], 10, style="imagenet", pool_size=2), 64
+    else:
+        net, size = build_resnet(get_config(name)), 32
+    net = randomize_bn(net, seed=7).eval()
+    k = net.num_blocks
+    policies = (torch.rand(5, k) < 0.5).float()
+    policies[:, 0] = 1  # every image keeps block 0
+    policies[:, k // 2] = 0  # no image keeps the middle block
+    policies[0] = 0  # and one image drops every block
+    return net, torch.rand(5, 3, size, size), policies
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_per_image_execution_gives_the_masked_forms_logits(name):
+    net, x, policies = _per_image_case(name)
+    masked = net(x, policies, mode="masked")
+    per_image = net(x, policies, mode="per_image")
+    assert torch.allclose(per_image, masked, rtol=1e-4, atol=1e-5)
+    assert torch.equal(net(x, policies), per_image)  # the default in eval mode
+    for i in range(len(x)):
+        assert torch.allclose(per_image[i:i + 1], net.forward_single(x[i:i + 1], policies[i]), rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_per_image_execution_runs_each_block_on_the_images_that_keep_it_only():
+    net, x, policies = _per_image_case("R32_C10")
+    sizes = {}
+    handles = [net.blocks[s][i].register_forward_hook(lambda m, inp, out, t=t: sizes.__setitem__(t, len(inp[0])))
+               for t, (s, i) in enumerate(net.block_index)]
+    try:
+        net(x, policies)
+    finally:
+        for h in handles:
+            h.remove()
+    kept = policies.sum(0).long().tolist()
+    assert sizes == {t: n for t, n in enumerate(kept) if n > 0}
+
+
+def test_per_image_execution_gives_the_masked_forms_gradients():
+    net, x, policies = _per_image_case("R32_C10")
+    net, x, policies = net.double(), x.double(), policies.double()
+    grads = {}
+    for mode in ("masked", "per_image"):
+        net.zero_grad(set_to_none=True)
+        net(x, policies, mode=mode).square().sum().backward()
+        grads[mode] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    assert grads["masked"].keys() == grads["per_image"].keys()
+    for name, grad in grads["masked"].items():
+        assert torch.allclose(grads["per_image"][name], grad, rtol=1e-9, atol=1e-9), name

@@ -35,6 +35,7 @@ from conftest import (
     write_cifar10,
 )
 from models import build_agent, build_resnet, get_config
+from utils.checkpoints import load_blockdrop
 from utils.cli import load_script
 
 REPORT_LINES = [
@@ -50,9 +51,12 @@ KEEP = [t % 3 != 1 for t in range(54)]
 KEEP[36] = False
 
 
+TIME_LINE = r"^    Time/img: ([\d.]+) ms \(full ResNet ([\d.]+) ms\): ([\d.]+)x measured, ([\d.]+)x in FLOPs$"
+
+
 def report_lines(stdout: str) -> list[str]:
-    """The four report lines: the last four lines that start with four spaces."""
-    return [line for line in stdout.splitlines() if line.startswith("    ")][-4:]
+    """The four report lines: the last four lines that start with four spaces, before the time line."""
+    return [line for line in stdout.splitlines() if line.startswith("    ") and "Time/img" not in line][-4:]
 
 
 def line_value(lines: list[str], label: str) -> str:
@@ -101,10 +105,10 @@ def constant_run(tmp_path_factory):
     ckpt = save_legacy({"agent": authors_agent_state(agent), "resnet": strip_nbt(resnet.state_dict()),
                         "epoch": 2000, "reward": 0.195, "acc": 0.936},
                        tmp / "ckpt_E_2000_A_0.625_R_1.95E-01_S_35.00_#_1.t7")
-    result = run_test_script("--model", "R110_C10", "--load", ckpt, "--data_dir", tmp / "data",
-                             "--device", "cpu", "--json", tmp / "out.json")
+    argv = ["--model", "R110_C10", "--load", ckpt, "--data_dir", tmp / "data", "--device", "cpu"]
+    result = run_test_script(*argv, "--json", tmp / "out.json")
     assert result.returncode == 0, result.stderr
-    return {"result": result, "lines": report_lines(result.stdout),
+    return {"result": result, "lines": report_lines(result.stdout), "argv": argv, "tmp": tmp,
             "json": json.loads((tmp / "out.json").read_text()), "expected_accuracy": 5 / 8}
 
 
@@ -113,7 +117,20 @@ def test_report_has_exactly_the_four_spec_lines(constant_run):
     assert len(lines) == 4
     for pattern, line in zip(REPORT_LINES, lines):
         assert re.match(pattern, line), (pattern, line)
-    assert [ln for ln in constant_run["result"].stdout.splitlines() if ln.startswith("    ")] == lines
+    printed = [ln for ln in constant_run["result"].stdout.splitlines() if ln.startswith("    ")]
+    assert printed[:4] == lines and len(printed) == 5  # then the measured time
+
+
+def test_the_time_line_follows_with_both_networks_timed_and_the_flop_ratio(constant_run):
+    last = [ln for ln in constant_run["result"].stdout.splitlines() if ln.startswith("    ")][-1]
+    m = re.match(TIME_LINE, last)
+    assert m, last
+    figures = constant_run["json"]
+    assert float(m[1]) == pytest.approx(1000 * figures["time_per_image"], rel=0.01)
+    assert float(m[2]) == pytest.approx(1000 * figures["full_time_per_image"], rel=0.01)
+    assert float(m[3]) == pytest.approx(figures["full_time_per_image"] / figures["time_per_image"], abs=0.01)
+    assert float(m[4]) == pytest.approx(figures["full_resnet_flops"] / figures["flops"], abs=0.01)
+    assert figures["time_images"] == 8 and figures["device"] == "cpu"
 
 
 def test_block_usage_is_the_number_of_kept_blocks_with_no_spread(constant_run):
@@ -134,6 +151,18 @@ def test_json_holds_the_exact_flops(constant_run):
     assert figures["policy_flops"] == 24_484_736
     assert figures["resnet_flops"] == spec_policy_flops(KEEP) - 24_484_736
     assert figures["flops_std"] == 0
+
+
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_profiling_in_batches_gives_the_figures_of_the_one_image_profile(constant_run, batch_size):
+    batched = run_main(load_test_module(), *constant_run["argv"], "--batch_size", batch_size, "--time_images", 0,
+                       "--json", constant_run["tmp"] / f"batch{batch_size}.json")
+    assert batched.returncode == 0, batched.stderr
+    assert report_lines(batched.stdout) == constant_run["lines"]
+    figures = json.loads((constant_run["tmp"] / f"batch{batch_size}.json").read_text())
+    assert "time_per_image" not in figures and figures["batch_size"] == batch_size
+    for key in ("accuracy", "block_usage", "block_usage_std", "flops", "flops_std", "unique_policies"):
+        assert figures[key] == constant_run["json"][key], key
 
 
 def test_accuracy_matches_a_direct_computation(constant_run):
@@ -236,7 +265,8 @@ def mixed_run(tmp_path_factory):
         "--model", "R110_C10", "--load", str(ckpt), "--base", str(base), "--data_dir", str(tmp / "data"),
         "--device", "cpu", "--json", str(tmp / "mixed.json"),
     ])
-    return {"policies": policies, "args": args, "module": test_module,
+    return {"policies": policies, "args": args, "module": test_module, "images": x, "labels": labels,
+            "ckpt": ckpt, "base": base,
             "expected_accuracy": 4 / 6, "json_path": tmp / "mixed.json"}
 
 
@@ -283,6 +313,15 @@ def test_unique_policies_counts_distinct_policies(mixed_run, mixed_figures):
 
 def test_mixed_accuracy_matches_a_direct_computation(mixed_run, mixed_figures):
     assert mixed_figures["accuracy"] == pytest.approx(mixed_run["expected_accuracy"])
+
+
+def test_load_blockdrop_gives_one_module_that_predicts_as_test_py_profiles(mixed_run, mixed_figures):
+    model = load_blockdrop(mixed_run["ckpt"], "R110_C10", base=mixed_run["base"])
+    assert not model.training
+    logits, policy = model(mixed_run["images"])
+    assert logits.shape == (6, 10) and torch.equal(policy, mixed_run["policies"])
+    accuracy = (logits.argmax(1).numpy() == mixed_run["labels"]).mean()
+    assert accuracy == pytest.approx(mixed_figures["accuracy"])
 
 
 def test_main_prints_the_report_and_writes_json(mixed_run, mixed_output):

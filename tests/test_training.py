@@ -86,14 +86,16 @@ def test_curriculum_step_forces_prefix_masks_its_gradient_and_freezes_the_resnet
     seen = {}
     real_forward = resnet.forward
 
-    def spy(inputs, policy=None):
+    def spy(inputs, policy=None, mode=None):
         seen.setdefault("policies", []).append(policy.clone())
-        return real_forward(inputs, policy)
+        seen.setdefault("modes", []).append(mode)
+        return real_forward(inputs, policy, mode)
 
     resnet.forward = spy
     opt = torch.optim.SGD(agent.parameters(), lr=0.0)  # lr 0: inspect the gradient only
     out = train_step(agent, resnet, x, y, opt, learned, RLConfig(beta=0.0))
     greedy_policy, sampled_policy = seen["policies"]
+    assert seen["modes"] == [None, None] and not resnet.training  # the frozen ResNet runs per image
     for policy in (greedy_policy, sampled_policy, out["policy"]):
         assert torch.all(policy[:, : 15 - learned] == 1)
     # with no entropy bonus the forced-on blocks get no gradient, the learned ones do
@@ -472,3 +474,22 @@ def test_pretrain_learning_rate_warms_up_then_drops_at_each_milestone():
         optimizer.step()
         schedule.step()
     assert seen == pytest.approx([0.01, 0.1, 0.01, 0.01, 0.001, 0.001], rel=1e-12)
+
+
+def test_finetuning_with_per_image_runs_each_block_on_the_images_that_keep_it(tmp_path):
+    torch.manual_seed(0)
+    cfg = get_config("R32_C10")
+    resnet, agent = build_resnet(cfg).train(), build_agent(cfg).train()
+    optimizer = torch.optim.Adam(list(agent.parameters()) + list(resnet.parameters()), lr=1e-3)
+    calls = {}
+    for t, (s, i) in enumerate(resnet.block_index):
+        resnet.blocks[s][i].register_forward_hook(lambda m, inp, out, t=t: calls.setdefault(t, []).append(len(inp[0])))
+    x, y = _small_batch(8)
+    out = train_step(agent, resnet, x, y, optimizer, 15, RLConfig(penalty=-5, joint=True, execution="per_image"))
+    kept = out["policy"].sum(0).long().tolist()
+    assert any(0 < n < 8 for n in kept)  # some blocks run on some of the images only
+    for t, n in enumerate(kept):
+        if n:  # the sampled pass (the last call) ran the block on its images only
+            assert calls[t][-1] == n, (t, calls[t], n)
+    result, _ = _tiny_run(tmp_path, "--per_image", "--max_epochs", "0", "--seed", "0", joint=True)
+    assert "per_image: True\n" in (tmp_path / "cv" / "args.txt").read_text() and result["checkpoint"]

@@ -3,6 +3,7 @@
 - ``utils.cli``: the error type, argument parsing and flags, running a script, device and seed;
 - ``utils.checkpoints``: checkpoint names, atomic writes, safe loading, bases, the policy's start;
 - ``utils.flops``: FLOPs per image;
+- ``utils.timing``: measured time per image;
 - ``utils.data``: data sets.
 """
 
@@ -18,6 +19,7 @@ from .checkpoints import (
     converted_path,
     find_default_base,
     load_base,
+    load_blockdrop,
     load_blockdrop_checkpoint,
     load_default_or_given_base,
     load_policy_start,
@@ -65,3 +67,4 @@ from .data import (
     write_cifar10_layout,
 )
 from .flops import agent_flops, module_flops, policy_flops, resnet_flop_table
+from .timing import seconds_per_image

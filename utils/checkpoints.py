@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models import RESNET18_WEIGHTS, PolicyNet, to_flat_keys
+from models import RESNET18_WEIGHTS, BlockDrop, PolicyNet, build_agent, build_resnet, get_config, to_flat_keys
 
 from .cli import BlockDropError, downloads_allowed
 
@@ -282,6 +282,20 @@ def load_default_or_given_base(resnet: nn.Module, cfg, base: str | None) -> Path
         )
     load_base(resnet, path, cfg.name)
     return path
+
+
+def load_blockdrop(path: str | Path, model: str, base: str | Path | None = None,
+                   device: str | torch.device = "cpu") -> BlockDrop:
+    """A trained BlockDrop model, ready to predict: ``model(images)`` gives the
+    logits and the greedy policy of each image, running only the blocks each
+    image keeps, in batches. ``path`` is a BlockDrop checkpoint of the
+    configuration ``model``; when it holds no ResNet (a curriculum checkpoint)
+    the base is ``base`` or the configuration's default base."""
+    cfg = get_config(model)
+    agent, resnet = build_agent(cfg), build_resnet(cfg)
+    if not load_blockdrop_checkpoint(Path(path), cfg.name, agent, resnet)["has_resnet"]:
+        load_default_or_given_base(resnet, cfg, str(base) if base else None)
+    return BlockDrop(agent, resnet).to(device).eval()
 
 
 # --------------------------------------------------------------------------

@@ -27,10 +27,10 @@ class BlockDropError(Exception):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default unless it is None (then the help says what happens)."""
+    """Shows a flag's default unless it is None or the help already says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
+        if action.default is None or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
