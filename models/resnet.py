@@ -87,6 +87,24 @@ def conv_shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
     )
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The images ``rows`` of a batch, in the batch's memory layout (channels-last stays so)."""
+    if _channels_last(x):
+        return x.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
+    return x.index_select(0, rows)
+
+
+def scatter_rows(x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """``x`` with its images ``rows`` replaced by ``values`` (in place, or a copy for autograd)."""
+    if _channels_last(x):
+        return scatter_rows(x.permute(0, 2, 3, 1), rows, values.permute(0, 2, 3, 1), in_place).permute(0, 3, 1, 2)
+    return x.index_copy_(0, rows, values) if in_place else x.index_copy(0, rows, values)
+
+
 class FlatResNet(nn.Module):
     """A ResNet whose residual blocks form one flat, individually skippable list.
 
@@ -211,8 +229,8 @@ class FlatResNet(nn.Module):
                 x = u * F.relu(shortcut + self.blocks[s][i](x)) + (1 - u) * shortcut
             elif rows[t] is not None:  # per image, and some images drop this block
                 r = rows[t]
-                out = F.relu(shortcut.index_select(0, r) + self.blocks[s][i](x.index_select(0, r)))
-                x = shortcut.index_copy(0, r, out) if torch.is_grad_enabled() else shortcut.index_copy_(0, r, out)
+                out = F.relu(gather_rows(shortcut, r) + self.blocks[s][i](gather_rows(x, r)))
+                x = scatter_rows(shortcut, r, out, in_place=not torch.is_grad_enabled())
             else:
                 x = F.relu(shortcut + self.blocks[s][i](x))
         return x

@@ -479,3 +479,18 @@ def test_per_image_execution_gives_the_masked_forms_gradients():
     assert grads["masked"].keys() == grads["per_image"].keys()
     for name, grad in grads["masked"].items():
         assert torch.allclose(grads["per_image"][name], grad, rtol=1e-9, atol=1e-9), name
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_per_image_execution_keeps_a_channels_last_layout_and_the_logits(grad):
+    net, x, policies = _per_image_case("R32_C10")
+    with torch.set_grad_enabled(grad):
+        expected = net(x, policies, mode="masked")
+        net = net.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+        seen = []
+        net.blocks[0][1].register_forward_hook(
+            lambda m, inp, out: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last)))
+        got = net(x, policies)
+    assert 0 < policies[:, 1].sum() < len(x) and seen == [True]  # a gathered sub-batch, still channels-last
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)

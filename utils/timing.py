@@ -1,10 +1,10 @@
 """Measured time: the networks timed the same way, on the same images, at the
-same batch size, interleaved so that a drift of the machine's speed falls on
-all of them alike; one warm-up batch first, CUDA synchronised."""
+same batch size, interleaved batch by batch so that a drift of the machine's
+speed falls on all of them alike; one warm-up batch first, CUDA synchronised,
+the fastest of a few passes kept (the least disturbed by other work)."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 
@@ -19,20 +19,23 @@ def synchronize(device: torch.device) -> None:
 @torch.no_grad()
 def seconds_per_image(runs: dict[str, Callable[[torch.Tensor], object]], images: torch.Tensor,
                       batch_size: int, repeats: int = 3) -> dict[str, float]:
-    """For each named ``run`` (a function of a batch of images): the median over
-    ``repeats`` passes over ``images`` in batches of ``batch_size`` of the time
-    per image, in seconds."""
+    """For each named ``run`` (a function of a batch of images): the time per
+    image, in seconds, of its fastest of ``repeats`` passes over ``images`` in
+    batches of ``batch_size``."""
     device = images.device
     batches = list(torch.split(images, batch_size))
     for run in runs.values():  # warm-up: allocations, kernel selection, caches
         run(batches[0])
     synchronize(device)
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    passes: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            for batch in batches:
+        total = dict.fromkeys(runs, 0.0)
+        for batch in batches:
+            for name, run in runs.items():
+                start = time.perf_counter()
                 run(batch)
-            synchronize(device)
-            seconds[name].append((time.perf_counter() - start) / len(images))
-    return {name: statistics.median(values) for name, values in seconds.items()}
+                synchronize(device)
+                total[name] += time.perf_counter() - start
+        for name in runs:
+            passes[name].append(total[name] / len(images))
+    return {name: min(values) for name, values in passes.items()}
