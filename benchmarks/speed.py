@@ -230,7 +230,7 @@ def main(args: argparse.Namespace) -> str:
     training = []
     for name in ("R32_C10", "R110_C10"):
         print(f"training steps: {name}, batch 64", flush=True)
-        training += training_rows(name, 64, 1 if quick else 5, device)
+        training += training_rows(name, 64, 1 if quick else 7, device)
 
     layout = "channels-last" if args.channels_last else "contiguous (NCHW)"
     header = (f"Measured on {device} ({torch.get_num_threads()} threads), PyTorch {torch.__version__}, "
