@@ -19,13 +19,14 @@ import cl_training
 import pretrain
 import sweep
 import visualize
-from utils.checkpoints import write_json
+from utils.checkpoints import writable_folder, write_json
 from utils.cli import (
     ArgumentParser,
     add_device_flag,
     add_model_flag,
     finite_float,
     nonnegative_int,
+    positive_float,
     positive_int,
     run_cli,
     run_step,
@@ -56,11 +57,11 @@ def get_args_parser() -> ArgumentParser:
                    help="curriculum epochs after the first")
     p.add_argument("--cl_step", type=positive_int, default=DEFAULTS["cl_step"],
                    help="curriculum: blocks handed to the policy per epoch")
-    p.add_argument("--cl_lr", type=finite_float, default=DEFAULTS["cl_lr"], help="curriculum learning rate")
+    p.add_argument("--cl_lr", type=positive_float, default=DEFAULTS["cl_lr"], help="curriculum learning rate")
     p.add_argument("--cl_penalty", type=finite_float, default=DEFAULTS["cl_penalty"], help="curriculum penalty")
     p.add_argument("--ft_epochs", type=nonnegative_int, default=DEFAULTS["ft_epochs"],
                    help="finetuning epochs after the first")
-    p.add_argument("--ft_lr", type=finite_float, default=DEFAULTS["ft_lr"], help="finetuning learning rate")
+    p.add_argument("--ft_lr", type=positive_float, default=DEFAULTS["ft_lr"], help="finetuning learning rate")
     p.add_argument("--penalty", type=finite_float, default=DEFAULTS["penalty"], help="finetuning penalty (gamma)")
     p.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"],
                    help="batch size of curriculum learning and finetuning")
@@ -108,6 +109,7 @@ def set_aside(out: Path) -> Path:
 
 def main(args: argparse.Namespace) -> dict:
     out = Path(args.out)
+    writable_folder(out.parent, "--out")
     started = time.time()
     if out.is_dir() and any(out.iterdir()):
         kept = set_aside(out)

@@ -19,11 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from engine import predict
 from models import BlockDrop, build_resnet, get_config, to_standard_keys
-from utils.checkpoints import PRETRAINED_DIR, base_checkpoint_name, save_args, save_checkpoint
+from utils.checkpoints import (
+    PRETRAINED_DIR,
+    base_checkpoint_name,
+    save_args,
+    save_checkpoint,
+    writable_folder,
+)
 from utils.cli import (
     ArgumentParser,
     add_device_flag,
@@ -31,7 +36,9 @@ from utils.cli import (
     choose_device,
     finite_float,
     nonnegative_int,
+    positive_float,
     positive_int,
+    progress,
     run_cli,
     seed_everything,
 )
@@ -43,7 +50,7 @@ def get_args_parser() -> ArgumentParser:
     add_model_flag(p, "R32_C10")
     p.add_argument("--data_dir", default="data/", help="data set folder")
     p.add_argument("--cv_dir", default=None, help="output folder (default: cv/pretrained/<model>/)")
-    p.add_argument("--lr", type=finite_float, default=0.1, help="initial learning rate")
+    p.add_argument("--lr", type=positive_float, default=0.1, help="initial learning rate")
     p.add_argument("--momentum", type=finite_float, default=0.9, help="SGD momentum")
     p.add_argument("--wd", type=finite_float, default=1e-4, help="weight decay")
     p.add_argument("--batch_size", type=positive_int, default=128, help="batch size")
@@ -74,7 +81,7 @@ def main(args: argparse.Namespace) -> Path:
     cfg = get_config(args.model)
     device = choose_device(args.device)
     seed_everything(args.seed)
-    cv_dir = Path(args.cv_dir) if args.cv_dir else PRETRAINED_DIR / cfg.name
+    cv_dir = writable_folder(Path(args.cv_dir) if args.cv_dir else PRETRAINED_DIR / cfg.name, "--cv_dir")
     trainset, testset = get_datasets(cfg, args.data_dir)
     pin = device.type == "cuda"
     trainloader = DataLoader(trainset, batch_size=args.batch_size, shuffle=True,
@@ -94,7 +101,7 @@ def main(args: argparse.Namespace) -> Path:
             lr = optimizer.param_groups[0]["lr"]
             resnet.train()
             loss_sum = correct = seen = 0
-            for inputs, targets in tqdm(trainloader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True):
+            for inputs, targets in progress(trainloader, f"epoch {epoch}"):
                 inputs, targets = inputs.to(device), targets.to(device)
                 logits = resnet(inputs)
                 loss = F.cross_entropy(logits, targets)

@@ -14,21 +14,20 @@ sweep resumes; any other settings finetune it afresh.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import finetune
 from models import get_config
-from utils.checkpoints import find_default_base, write_json
+from utils.checkpoints import file_sha256, find_default_base, run_files, writable_folder, write_json
 from utils.cli import (
     ArgumentParser,
     BlockDropError,
     add_device_flag,
     add_model_flag,
-    finite_float,
     load_script,
     nonnegative_int,
+    positive_float,
     positive_int,
     run_cli,
     run_step,
@@ -47,7 +46,7 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--base", default=None,
                    help="pretrained base ResNet (default: the configuration's file under cv/pretrained/)")
     p.add_argument("--max_epochs", type=nonnegative_int, default=2000, help="finetuning epochs after the first")
-    p.add_argument("--lr", type=finite_float, default=1e-4, help="finetuning learning rate")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="finetuning learning rate")
     p.add_argument("--batch_size", type=positive_int, default=256, help="batch size")
     p.add_argument("--test_every", type=positive_int, default=10, help="evaluate and checkpoint every N epochs")
     add_device_flag(p)
@@ -64,17 +63,17 @@ def penalty_dir(cv_dir: Path, penalty: float) -> Path:
     return cv_dir / f"penalty_{penalty:g}"
 
 
-def file_sha256(path: str | Path | None) -> str | None:
+def content_sha256(path: str | Path | None) -> str | None:
     if not path:
         return None
     if not Path(path).is_file():
         raise BlockDropError(f"{path}: no such file")
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def base_sha256(args: argparse.Namespace) -> str | None:
     """The content of the base ResNet the runs start from: ``--base`` or the default one."""
-    return file_sha256(args.base or find_default_base(get_config(args.model)))
+    return content_sha256(args.base or find_default_base(get_config(args.model)))
 
 
 def run_settings(args: argparse.Namespace, penalty: float, starts: dict) -> dict:
@@ -114,16 +113,19 @@ def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path)
     argv += ["--base", args.base] if args.base else []
     argv += ["--device", args.device] if args.device else []
     argv += ["--seed", str(args.seed)] if args.seed is not None else []
+    argv += ["--restart"] if run_files(folder) else []  # other settings: a new run, the earlier one kept aside
     last = run_step("finetune.py", finetune, argv)
     return profile(args, folder / "test.json", Path(last["checkpoint"]), None)
 
 
 def run_sweep(args: argparse.Namespace) -> dict:
-    cv_dir = Path(args.cv_dir)
-    cv_dir.mkdir(parents=True, exist_ok=True)
-    starts = {"pretrained_sha256": file_sha256(args.pretrained), "base_sha256": base_sha256(args)}
+    cv_dir = writable_folder(Path(args.cv_dir), "--cv_dir")
+    if args.base and not Path(args.base).is_file():
+        raise BlockDropError(f"--base {args.base}: no such file")
+    starts = {"pretrained_sha256": content_sha256(args.pretrained), "base_sha256": base_sha256(args)}
     full = cached(cv_dir / "full_run.json", {"model": args.model, "base_sha256": starts["base_sha256"],
-                                              "data_dir": args.data_dir, "limit": args.limit, "profile_batch_size": args.profile_batch_size},
+                                              "data_dir": args.data_dir, "limit": args.limit,
+                                              "profile_batch_size": args.profile_batch_size},
                   lambda: profile(args, cv_dir / "full.json", None, args.base))
     runs = []
     for penalty in args.penalties:

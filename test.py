@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 
 from engine import policy_stats, predict
 from models import BlockDrop, build_agent, build_resnet, get_config
-from utils.checkpoints import load_blockdrop_checkpoint, load_default_or_given_base, write_json
+from utils.checkpoints import load_blockdrop_checkpoint, load_default_or_given_base, writable_file, write_json
 from utils.cli import (
     ArgumentParser,
     BlockDropError,
@@ -117,6 +117,8 @@ def report(figures: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.json:
+        writable_file(Path(args.json), "--json")  # before any work
     cfg = get_config(args.model)
     device = choose_device(args.device)
     resnet, agent = build_resnet(cfg), build_agent(cfg)  # the agent's weights: --load's
@@ -125,7 +127,7 @@ def main(args: argparse.Namespace) -> dict:
         ckpt = load_blockdrop_checkpoint(Path(args.load), cfg.name, agent, resnet)
         source["checkpoint"] = str(args.load)
         if not ckpt["has_resnet"]:
-            source["base"] = str(load_default_or_given_base(resnet, cfg, args.base))
+            source["base"] = str(load_default_or_given_base(resnet, cfg, args.base, ckpt.get("base"), Path(args.load)))
     else:
         source["base"] = str(load_default_or_given_base(resnet, cfg, args.base))
     _, testset = get_datasets(cfg, args.data_dir)

@@ -46,6 +46,7 @@ from utils.checkpoints import (
     atomic_write_bytes,
     load_blockdrop_checkpoint,
     load_default_or_given_base,
+    writable_folder,
     write_json,
 )
 from utils.cli import (
@@ -464,12 +465,12 @@ def main(args: argparse.Namespace) -> dict:
     sweep = load_sweep(Path(args.sweep)) if args.sweep else None
     device = choose_device(args.device)
     ckpt_path = Path(args.load)
+    out = writable_folder(Path(args.out) if args.out else ckpt_path.parent / "figures", "--out", create=False)
     resnet, agent = build_resnet(cfg), build_agent(cfg)  # its weights: --load's agent
     ckpt = load_blockdrop_checkpoint(ckpt_path, cfg.name, agent, resnet)
     if not ckpt["has_resnet"]:
-        load_default_or_given_base(resnet, cfg, args.base)
+        load_default_or_given_base(resnet, cfg, args.base, ckpt.get("base"), ckpt_path)
     _, testset = get_datasets(cfg, args.data_dir)
-    out = Path(args.out) if args.out else ckpt_path.parent / "figures"
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / "log"
 
     agent.to(device)

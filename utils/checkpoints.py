@@ -4,15 +4,19 @@ the default base of a configuration, and the ImageNet policy network's start."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import random
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -100,7 +104,7 @@ def write_json(path: Path, obj: dict) -> None:
 
 def save_args(args: dict, cv_dir: Path) -> None:
     """The run's arguments, one ``name: value`` per line, in ``cv_dir/args.txt``."""
-    text = "".join(f"{k}: {v}\n" for k, v in sorted(args.items()))
+    text = "".join(f"{k}: {v}\n" for k, v in sorted(args.items()) if not k.startswith("_"))
     atomic_write_bytes(Path(cv_dir) / "args.txt", text.encode())
 
 
@@ -108,12 +112,12 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.DataParallel) else model
 
 
-def save_blockdrop_checkpoint(cv_dir: Path, epoch: int, stats: dict, agent: nn.Module,
-                              resnet: nn.Module | None, optimizer: torch.optim.Optimizer, args: dict) -> Path:
-    """Write ``ckpt_E_..._#_....t7`` with the authors' entries (``agent``,
-    ``resnet`` when it was trained, ``epoch``, ``reward``, ``acc``) plus the
-    figures, the run's arguments and the optimizer state for resuming."""
-    name = checkpoint_name(epoch, stats["acc"], stats["reward"], stats["blocks"], stats["unique"])
+def checkpoint_dict(epoch: int, stats: dict, agent: nn.Module, resnet: nn.Module | None,
+                    optimizer: torch.optim.Optimizer, args: dict, run: dict) -> dict:
+    """What a BlockDrop checkpoint holds: the authors' entries (``agent``,
+    ``resnet`` when it was trained, ``epoch``, ``reward``, ``acc``), the figures,
+    the run's arguments, and what resuming needs (``optimizer``, the RNG states,
+    and ``run``: the base, the run's first and last epoch)."""
     obj = {
         "agent": unwrap(agent).state_dict(),
         "epoch": epoch,
@@ -124,10 +128,133 @@ def save_blockdrop_checkpoint(cv_dir: Path, epoch: int, stats: dict, agent: nn.M
         "unique": stats["unique"],
         "optimizer": optimizer.state_dict(),
         "args": {k: v for k, v in args.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "rng": rng_state(),
+        **run,
     }
     if resnet is not None:
         obj["resnet"] = unwrap(resnet).state_dict()
+    return obj
+
+
+LAST = "last.t7"  # the newest complete state of a run, written after every epoch
+
+
+def save_blockdrop_checkpoint(cv_dir: Path, obj: dict) -> Path:
+    """``ckpt_E_{epoch}_A_{acc}_R_{reward}_S_{blocks}_#_{unique}.t7`` in ``cv_dir``."""
+    name = checkpoint_name(obj["epoch"], obj["acc"], obj["reward"], obj["blocks"], obj["unique"])
     return save_checkpoint(obj, Path(cv_dir) / name)
+
+
+# --------------------------------------------------------------------------
+# the random number generators, as tensors (weights_only loading admits no numpy arrays)
+# --------------------------------------------------------------------------
+def rng_state() -> dict:
+    """The states of torch's (CPU and CUDA), numpy's and Python's generators."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "random": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    r = state["random"]
+    random.setstate((r["version"], tuple(int(v) for v in r["internal"].tolist()), r["gauss_next"]))
+
+
+# --------------------------------------------------------------------------
+# the run folder
+# --------------------------------------------------------------------------
+def writable_folder(path: Path, flag: str, create: bool = True) -> Path:
+    """``path`` as a folder that can be written (made when ``create``; else only
+    checked: it or the nearest folder above it that exists must be writable),
+    or one BlockDropError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BlockDropError(f"{flag} {path}: is a file, not a folder")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BlockDropError(f"{flag} {path}: cannot be created ({exc.strerror})") from exc
+    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise BlockDropError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BlockDropError(f"{flag} {path}: {existing} is not writable")
+    return path
+
+
+def writable_file(path: Path, flag: str) -> Path:
+    """``path`` as a file that can be written, checked before any work, or one BlockDropError."""
+    path = Path(path)
+    if path.is_dir():
+        raise BlockDropError(f"{flag} {path}: is a folder; give a file name")
+    writable_folder(path.parent, flag, create=False)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BlockDropError(f"{flag} {path}: is not writable")
+    return path
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files that a write killed half-way left behind."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def run_files(cv_dir: Path) -> list[Path]:
+    """The files by which a folder holds a training run."""
+    cv_dir = Path(cv_dir)
+    return sorted([*cv_dir.glob("ckpt_E_*.t7"), *cv_dir.glob(LAST), *cv_dir.glob("metrics.jsonl")])
+
+
+def newest_run_state(cv_dir: Path) -> tuple[Path, dict]:
+    """The newest complete state of the run in ``cv_dir``: ``last.t7`` or, when
+    it cannot be read, the checkpoint of the highest epoch that holds a run state."""
+    cv_dir = Path(cv_dir)
+    ckpts = sorted(cv_dir.glob("ckpt_E_*.t7"), key=lambda p: -parse_checkpoint_name(p)["epoch"])
+    for path in [cv_dir / LAST, *ckpts]:
+        if not path.is_file():
+            continue
+        try:
+            obj = load_state_file(path)
+        except BlockDropError:
+            continue  # not complete: the next one
+        if isinstance(obj, dict) and {"rng", "optimizer", "args"} <= obj.keys() and isinstance(obj.get("epoch"), int):
+            return path, obj
+    raise BlockDropError(f"--resume: {cv_dir} holds no run to resume (no {LAST} or checkpoint with a run state)")
+
+
+def set_aside(files: list[Path], folder: Path) -> Path:
+    """Move an earlier run's files (and its log/ and args.txt) into ``folder/earlier-<time>/``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    kept = Path(folder) / f"earlier-{stamp}"
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = Path(folder) / f"earlier-{stamp}-{n}"
+    kept.mkdir()
+    for path in [*files, Path(folder) / "args.txt", Path(folder) / "log"]:
+        if path.exists():
+            path.rename(kept / path.name)
+    return kept
 
 
 # --------------------------------------------------------------------------
@@ -198,6 +325,10 @@ def load_weights(model: nn.Module, state: dict, path: Path, what: str) -> None:
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise BlockDropError(f"{path}: the {what} entry {not_tensors[0]!r} is not a tensor")
+    not_finite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if not_finite:
+        raise BlockDropError(f"{path}: the {what} holds values that are not finite (nan or inf), "
+                             f"in {len(not_finite)} tensor(s) such as {not_finite[0]!r}")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that do not fit
@@ -271,16 +402,50 @@ def find_default_base(cfg) -> Path | None:
     return max(candidates)[2] if candidates else None
 
 
-def load_default_or_given_base(resnet: nn.Module, cfg, base: str | None) -> Path:
-    """Load ``--base`` or, without it, the configuration's default base under
-    ``cv/pretrained/``; a missing default says where it is expected."""
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def base_record(path: Path) -> dict:
+    """What a checkpoint records of the base it was trained on."""
+    return {"path": str(path), "sha256": file_sha256(path)}
+
+
+def resolve_base(cfg, base: str | None, recorded: dict | None = None, source: Path | None = None) -> Path:
+    """The base ResNet to load. A checkpoint that records its base (``recorded``,
+    read from ``source``) gets exactly that file: at its recorded path or at
+    ``--base``, with the same SHA-256, else one line says what is wrong. Without
+    a record: ``--base``, or the configuration's default base under ``cv/pretrained/``."""
+    if isinstance(recorded, dict) and recorded.get("sha256"):
+        path = Path(base) if base else Path(recorded["path"])
+        if not path.is_file():
+            raise BlockDropError(f"{source} was trained on the base {recorded['path']}, which is missing; "
+                                 "put it back, or pass that file with --base")
+        if file_sha256(path) != recorded["sha256"]:
+            raise BlockDropError(f"{path} is not the base that {source} was trained on ({recorded['path']}, "
+                                 f"SHA-256 {recorded['sha256'][:12]}...); pass that file with --base")
+        return path
     path = Path(base) if base else find_default_base(cfg)
     if path is None:
         raise BlockDropError(
             f"no pretrained base ResNet for {cfg.name} at {PRETRAINED_DIR / cfg.pretrained}: put it there, "
             f"pass --base PATH, or train one with: python pretrain.py --model {cfg.name}"
         )
+    return path
+
+
+def load_default_or_given_base(resnet: nn.Module, cfg, base: str | None, recorded: dict | None = None,
+                               source: Path | None = None) -> Path:
+    """Load the base that ``resolve_base`` names into ``resnet``; say so when a
+    checkpoint's record chose it."""
+    path = resolve_base(cfg, base, recorded, source)
     load_base(resnet, path, cfg.name)
+    if isinstance(recorded, dict) and recorded.get("sha256"):
+        print(f"base ResNet: {path} (the one {Path(str(source)).name} was trained on)", flush=True)
     return path
 
 
@@ -290,11 +455,12 @@ def load_blockdrop(path: str | Path, model: str, base: str | Path | None = None,
     logits and the greedy policy of each image, running only the blocks each
     image keeps, in batches. ``path`` is a BlockDrop checkpoint of the
     configuration ``model``; when it holds no ResNet (a curriculum checkpoint)
-    the base is ``base`` or the configuration's default base."""
+    its base is the one it records, else ``base`` or the configuration's default."""
     cfg = get_config(model)
     agent, resnet = build_agent(cfg), build_resnet(cfg)
-    if not load_blockdrop_checkpoint(Path(path), cfg.name, agent, resnet)["has_resnet"]:
-        load_default_or_given_base(resnet, cfg, str(base) if base else None)
+    ckpt = load_blockdrop_checkpoint(Path(path), cfg.name, agent, resnet)
+    if not ckpt["has_resnet"]:
+        load_default_or_given_base(resnet, cfg, str(base) if base else None, ckpt.get("base"), Path(path))
     return BlockDrop(agent, resnet).to(device).eval()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from models import CONFIGS
 
@@ -46,6 +47,18 @@ class ArgumentParser(argparse.ArgumentParser):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 
+    def parse_args(self, args=None, namespace=None):
+        """The flags, and in ``_given`` the names of those given on the command
+        line (argparse leaves a preset attribute alone when a flag is absent)."""
+        parsed = super().parse_args(args, namespace)
+        probe = argparse.Namespace(**dict.fromkeys(vars(parsed), _ABSENT))
+        super().parse_args(args, probe)
+        parsed._given = frozenset(name for name, value in vars(probe).items() if value is not _ABSENT)
+        return parsed
+
+
+_ABSENT = object()
+
 
 # --------------------------------------------------------------------------
 # value types: argparse turns their ValueError into one line naming the flag
@@ -67,6 +80,7 @@ def _bounded(kind: type, low: float | None = None, high: float | None = None, wh
 
 
 positive_int = _bounded(int, 1, what="at least 1")
+positive_float = _bounded(float, 1e-300, what="a positive number")
 nonnegative_int = _bounded(int, 0, what="0 or more")
 finite_float = _bounded(float)
 alpha_float = _bounded(float, 0.5, 1.0, what="in [0.5, 1]")
@@ -85,7 +99,7 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
                        penalty: float, batch_size: int = 256) -> None:
     """The original training flags (SPEC sections 4 and 5) with their defaults, plus the new ones."""
     p = parser
-    p.add_argument("--lr", type=finite_float, default=lr, help="learning rate")
+    p.add_argument("--lr", type=positive_float, default=lr, help="learning rate")
     p.add_argument("--beta", type=finite_float, default=1e-1, help="entropy bonus weight (curriculum only)")
     p.add_argument("--wd", type=finite_float, default=0.0, help="weight decay")
     add_model_flag(p, "R110_C10")
@@ -105,8 +119,15 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
     p.add_argument("--workers", type=nonnegative_int, default=4, help="data loader workers")
     p.add_argument("--test_every", type=positive_int, default=10, help="evaluate and checkpoint every N epochs")
     p.add_argument("--base", default=None,
-                   help="pretrained base ResNet (default: the configuration's file under cv/pretrained/ "
-                        "in the working directory)")
+                   help="pretrained base ResNet (default: the one a --load or --pretrained checkpoint records, "
+                        "else the configuration's file under cv/pretrained/ in the working directory)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --cv_dir from its newest complete state, with its arguments; "
+                        "only --max_epochs (counted from the run's first epoch), --workers, --device and "
+                        "--parallel may be given anew")
+    p.add_argument("--restart", action="store_true",
+                   help="start a new run in a --cv_dir that holds one; the earlier run's files are moved to "
+                        "<cv_dir>/earlier-<time>/")
 
 
 # --------------------------------------------------------------------------
@@ -124,6 +145,10 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:  # disk full, permission denied, ...: the path and the reason
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{parser.prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def load_script(name: str):
@@ -162,6 +187,12 @@ def choose_device(name: str | None) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise BlockDropError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
+
+
+def progress(iterable, desc: str):
+    """A progress bar on a terminal; nothing in a log file, where every refresh
+    would be one more line."""
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
 NO_DOWNLOAD_ENV = "BLOCKDROP_NO_DOWNLOAD"  # set to 1 to never try the network
