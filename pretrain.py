@@ -17,10 +17,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader
+from torch.utils.data import DistributedSampler
 
-from engine import predict
+from engine import (
+    amp_dtype,
+    autocast,
+    backward_and_step,
+    data_loaders,
+    first_of_each,
+    memory_format,
+    predict,
+    to_device,
+)
 from models import BlockDrop, build_resnet, get_config, to_standard_keys
 from utils.checkpoints import (
     PRETRAINED_DIR,
@@ -33,7 +43,7 @@ from utils.cli import (
     ArgumentParser,
     add_device_flag,
     add_model_flag,
-    choose_device,
+    add_throughput_flags,
     finite_float,
     nonnegative_int,
     positive_float,
@@ -43,6 +53,7 @@ from utils.cli import (
     seed_everything,
 )
 from utils.data import get_datasets
+from utils.distributed import Processes, gather_rows, main_print, setup, teardown
 
 
 def get_args_parser() -> ArgumentParser:
@@ -64,6 +75,7 @@ def get_args_parser() -> ArgumentParser:
     add_device_flag(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
     p.add_argument("--workers", type=nonnegative_int, default=4, help="data loader workers")
+    add_throughput_flags(p)
     return p
 
 
@@ -76,58 +88,81 @@ def lr_factor(args: argparse.Namespace, epoch: int) -> float:
 
 
 def main(args: argparse.Namespace) -> Path:
+    procs = setup(args.device)
+    try:
+        return train_base(args, procs)
+    finally:
+        teardown(procs)
+
+
+def train_base(args: argparse.Namespace, procs: Processes) -> Path:
     from torch.utils.tensorboard import SummaryWriter  # slow to import: only where training logs
 
     cfg = get_config(args.model)
-    device = choose_device(args.device)
+    device = procs.device
     seed_everything(args.seed)
-    cv_dir = writable_folder(Path(args.cv_dir) if args.cv_dir else PRETRAINED_DIR / cfg.name, "--cv_dir")
+    cv_dir = Path(args.cv_dir) if args.cv_dir else PRETRAINED_DIR / cfg.name
+    if procs.is_main:
+        writable_folder(cv_dir, "--cv_dir")
     trainset, testset = get_datasets(cfg, args.data_dir)
-    pin = device.type == "cuda"
-    trainloader = DataLoader(trainset, batch_size=args.batch_size, shuffle=True,
-                             num_workers=args.workers, pin_memory=pin)
-    testloader = DataLoader(testset, batch_size=256, shuffle=False, num_workers=args.workers,
-                            pin_memory=pin)
-
-    resnet = build_resnet(cfg).to(device)
+    trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
+                                           test_batch_size=256)
+    layout = memory_format(args, device)
+    precision = amp_dtype(args, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    resnet = build_resnet(cfg).to(device, memory_format=layout)
+    model = DDP(resnet, device_ids=[device.index] if device.type == "cuda" else None) if procs.distributed else resnet
     optimizer = torch.optim.SGD(resnet.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.wd)
     schedule = LambdaLR(optimizer, lambda epoch: lr_factor(args, epoch + 1))  # its epochs count from 0
-    save_args(vars(args), cv_dir)
-    writer = SummaryWriter(str(cv_dir / "log"))
+    scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
+    writer = None
+    if procs.is_main:
+        save_args({**vars(args), "processes": procs.world_size}, cv_dir)
+        writer = SummaryWriter(str(cv_dir / "log"))
     acc = 0.0
     try:
         for epoch in range(1, args.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
-            resnet.train()
-            loss_sum = correct = seen = 0
-            for inputs, targets in progress(trainloader, f"epoch {epoch}"):
-                inputs, targets = inputs.to(device), targets.to(device)
-                logits = resnet(inputs)
+            if isinstance(trainloader.sampler, DistributedSampler):
+                trainloader.sampler.set_epoch(epoch)
+            model.train()
+            rows = {"index": [], "loss": [], "correct": []}
+            for inputs, targets, index in progress(trainloader, f"epoch {epoch}"):
+                inputs, targets = to_device(inputs, device, layout), targets.to(device)
+                with autocast(device, precision):
+                    logits = model(inputs)
+                logits = logits.float()
                 loss = F.cross_entropy(logits, targets)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.item() * len(targets)
-                correct += (logits.argmax(1) == targets).sum().item()
-                seen += len(targets)
+                backward_and_step(loss, optimizer, scaler)
+                rows["index"].append(index)
+                rows["loss"].append(F.cross_entropy(logits.detach(), targets, reduction="none").cpu())
+                rows["correct"].append((logits.argmax(1) == targets).cpu())
             schedule.step()
-            acc = predict(BlockDrop(None, resnet), testloader, device)["correct"].double().mean().item()
-            row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
-                   "train_accuracy": correct / seen, "test_accuracy": acc}
-            print(f"E: {epoch} | L: {row['train_loss']:.4f} | A: {row['train_accuracy']:.3f} | "
-                  f"TS: {acc:.3f} | lr: {lr:.2E}", flush=True)
-            for key in ("train_loss", "train_accuracy", "test_accuracy", "lr"):
-                writer.add_scalar(key, row[key], epoch)
-            with open(cv_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            index, losses, correct = gather_rows(procs, *(torch.cat(rows[k]) for k in ("index", "loss", "correct")))
+            keep = first_of_each(index)  # each image once
+            tested = predict(BlockDrop(None, resnet), testloader, device, amp=precision, memory_format=layout)
+            acc = gather_rows(procs, tested["correct"])[0].double().mean().item()
+            row = {"epoch": epoch, "lr": lr, "train_loss": losses[keep].double().mean().item(),
+                   "train_accuracy": correct[keep].double().mean().item(), "test_accuracy": acc}
+            main_print(f"E: {epoch} | L: {row['train_loss']:.4f} | A: {row['train_accuracy']:.3f} | "
+                       f"TS: {acc:.3f} | lr: {lr:.2E}")
+            if writer:
+                for key in ("train_loss", "train_accuracy", "test_accuracy", "lr"):
+                    writer.add_scalar(key, row[key], epoch)
+                with open(cv_dir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
     finally:
-        writer.close()
+        if writer:
+            writer.close()
 
     path = cv_dir / base_checkpoint_name(args.epochs, acc)
-    save_checkpoint({"state_dict": to_standard_keys(resnet.state_dict()), "epoch": args.epochs,
-                     "acc": acc, "model": cfg.name}, path)
-    print(f"saved {path}")
+    if procs.is_main:
+        save_checkpoint({"state_dict": to_standard_keys(resnet.state_dict()), "epoch": args.epochs,
+                         "acc": acc, "model": cfg.name}, path)
+        main_print(f"saved {path}")
     return path
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torchvision.models import ResNet101_Weights
+
 from .blockdrop import BlockDrop
 from .keys import to_flat_keys, to_standard_keys
 from .policy import RESNET18_WEIGHTS, PolicyNet, cifar_policy, force_prefix, greedy_policy, imagenet_policy
@@ -30,6 +32,7 @@ class ModelConfig:
     num_classes: int
     pretrained: str  # default base, relative to cv/pretrained/
     normalize: tuple | None = None  # (mean, std) the base was trained with, or None
+    torchvision_base: str | None = None  # torchvision weights that also serve as the base, from the hub cache
 
     @property
     def num_blocks(self) -> int:
@@ -53,7 +56,8 @@ CONFIGS: dict[str, ModelConfig] = {
         ModelConfig("R32_C100", "C100", "cifar", 32, 100, "R32_C100/pk_E_164_A_0.693.t7"),
         ModelConfig("R110_C100", "C100", "cifar", 110, 100, "R110_C100/pk_E_160_A_0.723.t7"),
         ModelConfig("R101_ImgNet", "ImgNet", "imagenet", 101, 1000,
-                    "R101_ImgNet/ImageNet_R101_224_76.464", _IMAGENET_NORM),
+                    "R101_ImgNet/ImageNet_R101_224_76.464", _IMAGENET_NORM,
+                    torchvision_base=ResNet101_Weights.IMAGENET1K_V1.url),
         # UCI handwritten digits (scikit-learn ships them), 32x32: runs offline on a CPU.
         # No released base: pretrain.py writes pk_E_<epoch>_A_<acc>.t7 in this folder.
         ModelConfig("R32_Digits", "Digits", "cifar", 32, 10, "R32_Digits/pk_E_<epoch>_A_<acc>.t7"),

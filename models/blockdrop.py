@@ -27,7 +27,7 @@ class BlockDrop(nn.Module):
         if self.agent is None:
             return torch.ones(len(images), self.resnet.num_blocks, device=images.device)
         keep_prob, _ = self.agent(images)
-        policy = greedy_policy(keep_prob)
+        policy = greedy_policy(keep_prob.float())  # decided in float32, also under autocast
         return policy if learned is None else force_prefix(policy, learned)
 
     def forward(self, images: torch.Tensor, learned: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

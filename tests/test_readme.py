@@ -32,6 +32,18 @@ def test_readme_command_parses_with_the_scripts_flags(command):
         assert args.model in CONFIGS
 
 
+TORCHRUN = [line.strip() for line in README.splitlines() if line.startswith("torchrun --")]
+
+
+@pytest.mark.parametrize("command", TORCHRUN)
+def test_readme_torchrun_command_parses_with_the_scripts_flags(command):
+    argv = shlex.split(command)
+    at = next(i for i, word in enumerate(argv) if word.endswith(".py"))
+    module = load_script(argv[at].removesuffix(".py"))
+    args = module.get_args_parser().parse_args(argv[at + 1:])
+    assert args.model in CONFIGS and len(TORCHRUN) == 2
+
+
 def test_the_two_set_up_commands_are_make_targets_and_ci_runs_the_tests():
     setup = re.search(r"## Set-up: two commands\n\n```bash\n(.*?)```", README, re.S)[1]
     assert [line.split()[:2] for line in setup.strip().splitlines()] == [["make", "demo"], ["make", "test"]]

@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ import torch.nn as nn
 from models import RESNET18_WEIGHTS, BlockDrop, PolicyNet, build_agent, build_resnet, get_config, to_flat_keys
 
 from .cli import BlockDropError, downloads_allowed
+from .distributed import main_print
 
 # --------------------------------------------------------------------------
 # names
@@ -98,6 +100,19 @@ def save_checkpoint(obj: dict, path: Path) -> Path:
     return _write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
+def same_file_atomically(source: Path, path: Path) -> Path:
+    """``path`` holds the same bytes as ``source`` (a hard link: no second write of
+    a large checkpoint; a copy where links are not possible), put in place atomically."""
+    def link(tmp: str) -> None:
+        Path(tmp).unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    return _write_atomically(path, link)
+
+
 def write_json(path: Path, obj: dict) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
 
@@ -109,7 +124,8 @@ def save_args(args: dict, cv_dir: Path) -> None:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.DataParallel) else model
+    """The network inside nn.DataParallel or DistributedDataParallel: checkpoints hold no ``module.`` prefix."""
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
 def checkpoint_dict(epoch: int, stats: dict, agent: nn.Module, resnet: nn.Module | None,
@@ -385,7 +401,8 @@ def find_default_base(cfg) -> Path | None:
     """The configuration's default base (SPEC section 1), its plain state dict
     written by ``convert_base.py`` when there is one, or, when that file is
     absent, the newest ``pk_E_<epoch>_A_<acc>.t7`` that ``pretrain.py`` wrote
-    in the same folder (the highest epoch, then the highest accuracy)."""
+    in the same folder (the highest epoch, then the highest accuracy), or, for
+    ResNet-101, torchvision's ImageNet weights in the torch hub cache."""
     path = PRETRAINED_DIR / cfg.pretrained
     if converted_path(path).is_file():  # the default file was a pickle, converted by convert_base.py
         return converted_path(path)
@@ -399,7 +416,13 @@ def find_default_base(cfg) -> Path | None:
             except ValueError:
                 continue
             candidates.append((fig["epoch"], fig["acc"], f))
-    return max(candidates)[2] if candidates else None
+    if candidates:
+        return max(candidates)[2]
+    if cfg.torchvision_base:
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.torchvision_base).name
+        if hub.is_file():
+            return hub
+    return None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -431,9 +454,11 @@ def resolve_base(cfg, base: str | None, recorded: dict | None = None, source: Pa
         return path
     path = Path(base) if base else find_default_base(cfg)
     if path is None:
+        hub = (f", or put torchvision's weights ({cfg.torchvision_base}) in {Path(torch.hub.get_dir()) / 'checkpoints'}/"
+               if cfg.torchvision_base else "")
         raise BlockDropError(
             f"no pretrained base ResNet for {cfg.name} at {PRETRAINED_DIR / cfg.pretrained}: put it there, "
-            f"pass --base PATH, or train one with: python pretrain.py --model {cfg.name}"
+            f"pass --base PATH, or train one with: python pretrain.py --model {cfg.name}{hub}"
         )
     return path
 
@@ -445,7 +470,7 @@ def load_default_or_given_base(resnet: nn.Module, cfg, base: str | None, recorde
     path = resolve_base(cfg, base, recorded, source)
     load_base(resnet, path, cfg.name)
     if isinstance(recorded, dict) and recorded.get("sha256"):
-        print(f"base ResNet: {path} (the one {Path(str(source)).name} was trained on)", flush=True)
+        main_print(f"base ResNet: {path} (the one {Path(str(source)).name} was trained on)")
     return path
 
 

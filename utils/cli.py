@@ -110,7 +110,9 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
     p.add_argument("--epoch_step", type=positive_int, default=epoch_step, help="epochs between learning-rate decays")
     p.add_argument("--max_epochs", type=nonnegative_int, default=max_epochs, help="epochs to run after the first")
     p.add_argument("--lr_decay_ratio", type=finite_float, default=0.1, help="learning-rate decay factor")
-    p.add_argument("--parallel", action="store_true", default=False, help="use every visible GPU")
+    p.add_argument("--parallel", action="store_true", default=False,
+                   help="use every visible GPU of this machine with nn.DataParallel, as the original did "
+                        "(torchrun with DistributedDataParallel is the faster way: see README)")
     p.add_argument("--cl_step", type=positive_int, default=1, help="curriculum: blocks handed to the policy per epoch")
     p.add_argument("--penalty", type=finite_float, default=penalty, help="reward of a wrong prediction (gamma)")
     p.add_argument("--alpha", type=alpha_float, default=0.8, help="probability bound for exploration, in [0.5, 1]")
@@ -121,6 +123,7 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
     p.add_argument("--base", default=None,
                    help="pretrained base ResNet (default: the one a --load or --pretrained checkpoint records, "
                         "else the configuration's file under cv/pretrained/ in the working directory)")
+    add_throughput_flags(p)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --cv_dir from its newest complete state, with its arguments; "
                         "only --max_epochs (counted from the run's first epoch), --workers, --device and "
@@ -128,6 +131,16 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
     p.add_argument("--restart", action="store_true",
                    help="start a new run in a --cv_dir that holds one; the earlier run's files are moved to "
                         "<cv_dir>/earlier-<time>/")
+
+
+def add_throughput_flags(parser: argparse.ArgumentParser) -> None:
+    """Settings for speed on GPUs; none of them changes a run on the CPU."""
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision on CUDA: bfloat16 autocast (float16 with a gradient scaler where the "
+                             "GPU has no bfloat16); the policy's probabilities, samples and log-likelihoods stay "
+                             "float32")
+    parser.add_argument("--memory_format", choices=["auto", "channels_last", "contiguous"], default="auto",
+                        help="the networks' memory format; auto: channels-last on CUDA, contiguous on the CPU")
 
 
 # --------------------------------------------------------------------------
@@ -190,9 +203,10 @@ def choose_device(name: str | None) -> torch.device:
 
 
 def progress(iterable, desc: str):
-    """A progress bar on a terminal; nothing in a log file, where every refresh
-    would be one more line."""
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+    """A progress bar on a terminal and on the main process; nothing in a log
+    file, where every refresh would be one more line."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=not (main and sys.stderr.isatty()))
 
 
 NO_DOWNLOAD_ENV = "BLOCKDROP_NO_DOWNLOAD"  # set to 1 to never try the network

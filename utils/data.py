@@ -56,6 +56,20 @@ class ArrayDataset(Dataset):
         return image, self.labels[idx]
 
 
+class WithIndex(Dataset):
+    """Items of ``dataset`` with their index: (image, target, index)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int):
+        image, target = self.dataset[idx]
+        return image, target, idx
+
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickles what a CIFAR python batch holds (dicts, lists, strings and numpy
     arrays) and refuses every other global, so a data file cannot run code."""

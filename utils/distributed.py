@@ -1,0 +1,98 @@
+"""Running on several processes with torchrun: initialisation from the
+environment torchrun sets, each process's device, "am I the main process", and
+gathering per-image values. One process (no torchrun) needs none of it: every
+function here then does what a single process would.
+
+    torchrun --nproc_per_node 4 finetune.py ...          # four GPUs of one machine
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 finetune.py ...
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .cli import BlockDropError, choose_device
+
+
+@dataclass(frozen=True)
+class Processes:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device_flag: str | None) -> Processes:
+    """One process: the device of ``--device``. Under torchrun: the process group
+    (NCCL on GPUs, gloo on CPUs) and this process's device (``cuda:LOCAL_RANK``
+    when CUDA is used)."""
+    device = choose_device(device_flag)
+    if not launched_by_torchrun():
+        return Processes(device=device)
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise BlockDropError(f"torchrun: local rank {local} but only {torch.cuda.device_count()} CUDA device(s)")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    return Processes(dist.get_rank(), dist.get_world_size(), device)
+
+
+def teardown(procs: Processes) -> None:
+    if procs.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def main_print(*args) -> None:
+    """``print`` on the main process only (one copy of every log line)."""
+    if is_main_process():
+        print(*args, flush=True)
+
+
+def gather_rows(procs: Processes, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every process's rows of each tensor (CPU tensors, the same number of rows
+    within a process, possibly not across processes), concatenated in rank order."""
+    if not procs.distributed:
+        return tensors
+    gathered = [None] * procs.world_size
+    dist.all_gather_object(gathered, [t.cpu() for t in tensors])
+    return tuple(torch.cat([parts[i] for parts in gathered]) for i in range(len(tensors)))
+
+
+def broadcast(procs: Processes, value):
+    """The main process's ``value`` (any picklable object), on every process."""
+    if not procs.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(procs: Processes, value) -> list:
+    """Every process's ``value``, in rank order."""
+    if not procs.distributed:
+        return [value]
+    out = [None] * procs.world_size
+    dist.all_gather_object(out, value)
+    return out
