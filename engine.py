@@ -372,9 +372,9 @@ class TrainConfig:
         return out
 
 
-# Flags that may differ when a run is resumed: they change how long it runs or
-# on what hardware, not what it computes.
-RESUMABLE = {"max_epochs", "workers", "device", "parallel"}
+# Flags that may differ when a run is resumed: they change how long it runs, or
+# on what hardware and how fast, not the recipe.
+RESUMABLE = {"max_epochs", "workers", "device", "parallel", "amp", "memory_format"}
 
 
 def continue_config(cfg: TrainConfig, path: Path, state: dict) -> TrainConfig:

@@ -126,8 +126,8 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
     add_throughput_flags(p)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --cv_dir from its newest complete state, with its arguments; "
-                        "only --max_epochs (counted from the run's first epoch), --workers, --device and "
-                        "--parallel may be given anew")
+                        "only --max_epochs (counted from the run's first epoch), --workers, --device, "
+                        "--parallel, --amp and --memory_format may be given anew")
     p.add_argument("--restart", action="store_true",
                    help="start a new run in a --cv_dir that holds one; the earlier run's files are moved to "
                         "<cv_dir>/earlier-<time>/")
