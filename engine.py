@@ -27,10 +27,9 @@ from models import BlockDrop, build_agent, build_resnet, force_prefix, get_confi
 from utils.checkpoints import (
     LAST,
     atomic_write_bytes,
-    base_record,
     checkpoint_dict,
+    load_base_on_record,
     load_blockdrop_checkpoint,
-    load_default_or_given_base,
     load_policy_start,
     newest_run_state,
     remove_partial_writes,
@@ -432,8 +431,8 @@ def build_networks(cfg: TrainConfig, resume_from: tuple[Path, dict] | None = Non
     resnet, agent = build_resnet(model), build_agent(model)
     start_epoch, checkpoint, path = 0, None, None
     if resume_from or cfg.load:
-        path = resume_from[0] if resume_from else Path(cfg.load)
-        checkpoint = load_blockdrop_checkpoint(path, model.name, agent, resnet if cfg.joint else None)
+        path, state = resume_from if resume_from else (Path(cfg.load), None)
+        checkpoint = load_blockdrop_checkpoint(path, model.name, agent, resnet if cfg.joint else None, state)
         start_epoch = int(checkpoint.get("epoch", -1)) + 1
         main_print(f"loaded agent from {path}")
     pretrained = None
@@ -445,7 +444,7 @@ def build_networks(cfg: TrainConfig, resume_from: tuple[Path, dict] | None = Non
     else:
         recorded, source = (checkpoint, path) if checkpoint else (pretrained, cfg.pretrained) if pretrained else (None, None)
         recorded = recorded.get("base") if recorded else None
-        base = base_record(load_default_or_given_base(resnet, model, cfg.base, recorded, source))
+        base = load_base_on_record(resnet, model, cfg.base, recorded, source)
     if resume_from:
         policy_start = resume_from[1]["args"].get("policy_start", "")
     elif cfg.load or pretrained:

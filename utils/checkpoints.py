@@ -368,11 +368,11 @@ def load_base(resnet: nn.Module, path: Path, model_name: str) -> dict:
 
 
 def load_blockdrop_checkpoint(path: Path, model_name: str, agent: nn.Module,
-                              resnet: nn.Module | None = None) -> dict:
+                              resnet: nn.Module | None = None, obj: dict | None = None) -> dict:
     """A BlockDrop checkpoint: the agent under ``agent`` (or the legacy ``net``),
     and the ResNet under ``resnet`` when finetuned. Returns the file's dict and
-    sets ``has_resnet`` in it."""
-    obj = load_state_file(path)
+    sets ``has_resnet`` in it. ``obj``: the file's contents when already read."""
+    obj = load_state_file(path) if obj is None else obj
     if not isinstance(obj, dict):
         raise BlockDropError(f"{path}: not a BlockDrop checkpoint (expected a dict with an 'agent' entry)")
     agent_state = obj.get("agent", obj.get("net"))
@@ -472,6 +472,16 @@ def load_default_or_given_base(resnet: nn.Module, cfg, base: str | None, recorde
     if isinstance(recorded, dict) and recorded.get("sha256"):
         main_print(f"base ResNet: {path} (the one {Path(str(source)).name} was trained on)")
     return path
+
+
+def load_base_on_record(resnet: nn.Module, cfg, base: str | None, recorded: dict | None = None,
+                        source: Path | None = None) -> dict:
+    """``load_default_or_given_base``, returning the record of the base loaded
+    (path and SHA-256); a base that matched ``recorded`` is not hashed again."""
+    path = load_default_or_given_base(resnet, cfg, base, recorded, source)
+    if isinstance(recorded, dict) and recorded.get("sha256"):
+        return {"path": str(path), "sha256": recorded["sha256"]}
+    return base_record(path)
 
 
 def load_blockdrop(path: str | Path, model: str, base: str | Path | None = None,
