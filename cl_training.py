@@ -8,8 +8,9 @@ e + 1 blocks and the ones before are kept.
 
 from __future__ import annotations
 
-from engine import TrainConfig, fit
+from training import fit
 from utils.cli import ArgumentParser, add_training_flags, run_cli
+from utils.config import TrainConfig
 
 
 def get_args_parser() -> ArgumentParser:

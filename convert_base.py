@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from utils import ArgumentParser, BlockDropError, converted_path, load_state_file, run_cli, save_checkpoint
+from utils.cli import ArgumentParser, BlockDropError, run_cli
+from utils.files import converted_path, load_state_file, save_checkpoint
 
 
 def get_args_parser() -> ArgumentParser:

@@ -19,7 +19,6 @@ import cl_training
 import pretrain
 import sweep
 import visualize
-from utils.checkpoints import writable_folder, write_json
 from utils.cli import (
     ArgumentParser,
     add_device_flag,
@@ -31,6 +30,7 @@ from utils.cli import (
     run_cli,
     run_step,
 )
+from utils.files import writable_folder, write_json
 
 # The settings of the demo: the paper's recipe (alpha 0.8, beta 0.1, curriculum
 # penalty -1, finetuning penalty -5, Adam) on a schedule short enough for a CPU;

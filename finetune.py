@@ -8,8 +8,9 @@ under the sampled policy. ``--penalty`` trades accuracy for speed.
 
 from __future__ import annotations
 
-from engine import TrainConfig, fit
-from utils.cli import ArgumentParser, add_training_flags, run_cli
+from training import fit
+from utils.cli import ArgumentParser, add_policy_flags, add_training_flags, run_cli
+from utils.config import TrainConfig
 
 
 def get_args_parser() -> ArgumentParser:
@@ -21,6 +22,8 @@ def get_args_parser() -> ArgumentParser:
                         "step costs what the kept blocks cost, and its BatchNorm statistics come from those "
                         "images alone (default: the paper's masked form, where every block that any image "
                         "keeps runs on the whole batch)")
+    add_policy_flags(p, "the ResNet finetuned under a fixed baseline policy instead of the policy network: only "
+                        "the ResNet trains, on the cross-entropy (same epochs, learning rate, batch and schedule)")
     return p
 
 

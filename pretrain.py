@@ -6,54 +6,53 @@ The standard CIFAR recipe (He et al. 2016): SGD with momentum 0.9, weight
 decay 1e-4, lr 0.1 divided by 10 at epochs 81 and 122, 164 epochs, on the same
 data pipeline as BlockDrop. Writes ``cv/pretrained/<model>/pk_E_<epoch>_A_<acc>.t7``
 in the standard layout (``{"state_dict": {"conv1.weight", "layer1.0...", ...}}``),
-which ``cl_training.py`` and ``finetune.py`` pick up by default.
+which ``cl_training.py`` and ``finetune.py`` pick up by default. It runs on the
+engine's training loop: the run's state after every epoch in ``last.t7``,
+``--resume`` and ``--restart`` as in the other training scripts.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DistributedSampler
 
-from engine import (
-    amp_dtype,
-    autocast,
-    backward_and_step,
-    data_loaders,
-    first_of_each,
-    memory_format,
-    predict,
-    to_device,
-)
+from engine import Phase, Run, begin_run, predict, train_epochs
 from models import BlockDrop, build_resnet, get_config, to_standard_keys
-from utils.checkpoints import (
-    PRETRAINED_DIR,
-    base_checkpoint_name,
-    save_args,
-    save_checkpoint,
-    writable_folder,
-)
+from utils.bases import PRETRAINED_DIR, base_checkpoint_name, load_weights
 from utils.cli import (
     ArgumentParser,
+    BlockDropError,
     add_device_flag,
     add_model_flag,
+    add_run_folder_flags,
     add_throughput_flags,
     finite_float,
     nonnegative_int,
     positive_float,
     positive_int,
-    progress,
     run_cli,
     seed_everything,
 )
 from utils.data import get_datasets
-from utils.distributed import Processes, gather_rows, main_print, setup, teardown
+from utils.distributed import Processes, broadcast, gather_rows, main_print, setup, teardown
+from utils.files import save_checkpoint
+from utils.runstate import LAST, RunState, prepare_run_folder
+from utils.runtime import (
+    amp_dtype,
+    autocast,
+    backward_and_step,
+    channels_layout,
+    data_loaders,
+    grad_scaler,
+    parallelize,
+)
+
+# Flags that may differ when a run is resumed (--epochs extends it).
+RESUMABLE = frozenset({"epochs", "workers", "device", "amp", "memory_format"})
 
 
 def get_args_parser() -> ArgumentParser:
@@ -76,15 +75,74 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
     p.add_argument("--workers", type=nonnegative_int, default=4, help="data loader workers")
     add_throughput_flags(p)
+    add_run_folder_flags(p, resumable="--epochs (a larger value extends the run), --workers, --device, --amp and "
+                                      "--memory_format")
     return p
 
 
 def lr_factor(args: argparse.Namespace, epoch: int) -> float:
     """The learning rate at 1-based ``epoch`` over ``--lr``: 1/10 during the
-    warm-up, then divided by ``lr_decay`` at each milestone passed."""
+    warm-up, then divided by ``lr_decay`` at each milestone passed. A LambdaLR
+    of this formula: MultiStepLR multiplies step by step, which differs from it
+    in the last bit after the second milestone."""
     if epoch <= args.warmup:
         return 0.1
     return 1 / args.lr_decay ** sum(epoch >= m for m in args.milestones)
+
+
+class BasePhase(Phase):
+    """Supervised training of the base ResNet: SGD on the cross-entropy, the
+    test accuracy after every epoch, one log line per epoch."""
+
+    def __init__(self, resnet, procs: Processes, testloader, layout, precision, optimizer, schedule):
+        self.models, self.procs, self.testloader, self.layout = {"resnet": resnet}, procs, testloader, layout
+        self.optimizer, self.schedule = optimizer, schedule
+        self.model = parallelize(procs, False, [resnet])[0]
+        self.precision, self.scaler = precision, grad_scaler(precision)
+        self.lr, self.figures = optimizer.param_groups[0]["lr"], {}  # the last epoch's, saved with the state
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        self.model.train()
+
+    def step(self, inputs, targets):
+        with autocast(inputs.device, self.precision):
+            logits = self.model(inputs)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        backward_and_step(loss, self.optimizer, self.scaler)
+        return {"loss": F.cross_entropy(logits.detach(), targets, reduction="none"),
+                "correct": logits.argmax(1) == targets}
+
+    def train_figures(self, rows):
+        self.figures = {"train_loss": rows["loss"].double().mean().item(),
+                        "train_accuracy": rows["correct"].double().mean().item()}
+        return self.figures
+
+    def tested(self, epoch: int) -> bool:
+        return True
+
+    def evaluate(self, epoch: int) -> dict:
+        tested = predict(BlockDrop(None, self.models["resnet"]), self.testloader, self.procs.device,
+                         amp=self.precision, layout=self.layout)
+        acc = gather_rows(self.procs, tested["correct"])[0].double().mean().item()
+        self.figures = {**self.figures, "acc": acc, "test_accuracy": acc}
+        return self.figures
+
+    def log(self, logger, epoch, train=None, test=None):
+        if test is None:
+            return  # one line per epoch, once the test accuracy is known
+        row = {"epoch": epoch, "lr": self.lr, **{k: v for k, v in test.items() if k != "acc"}}
+        logger.log(epoch, f"E: {epoch} | L: {row['train_loss']:.4f} | A: {row['train_accuracy']:.3f} | "
+                          f"TS: {row['test_accuracy']:.3f} | lr: {self.lr:.2E}",
+                   {k: row[k] for k in ("train_loss", "train_accuracy", "test_accuracy", "lr")}, row)
+
+    def saved_figures(self, figures: dict) -> dict:
+        return figures
+
+    def checkpoint_name(self, epoch: int, figures: dict) -> None:
+        return None  # last.t7 every epoch; the base itself when the run ends
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -95,73 +153,87 @@ def main(args: argparse.Namespace) -> Path:
         teardown(procs)
 
 
-def train_base(args: argparse.Namespace, procs: Processes) -> Path:
-    from torch.utils.tensorboard import SummaryWriter  # slow to import: only where training logs
-
-    cfg = get_config(args.model)
-    device = procs.device
-    seed_everything(args.seed)
-    cv_dir = Path(args.cv_dir) if args.cv_dir else PRETRAINED_DIR / cfg.name
+def open_folder(args: argparse.Namespace, procs: Processes) -> RunState | None:
+    """The run folder checked (``--restart`` sets an earlier run aside, with the
+    base it wrote) and, with ``--resume``, the run's newest state, whose flags
+    then replace ``args``'s."""
+    cv_dir = Path(args.cv_dir)
     if procs.is_main:
-        writable_folder(cv_dir, "--cv_dir")
-    trainset, testset = get_datasets(cfg, args.data_dir)
+        earlier = [] if args.resume else finished_base(cv_dir)
+        prepare_run_folder(cv_dir, args.resume, args.restart, files=earlier)
+    broadcast(procs, None)
+    if not args.resume:
+        return None
+    path, state = RunState.newest(cv_dir)
+    flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    vars(args).update(state.continued_flags(flags, getattr(args, "_given", frozenset()), RESUMABLE, path))
+    main_print(f"resuming the run in {cv_dir} after epoch {state.epoch} ({path.name})")
+    return state
+
+
+def finished_base(cv_dir: Path) -> list[Path]:
+    """The base that the run in ``cv_dir`` wrote when it ended, if there is one."""
+    try:
+        _, state = RunState.newest(cv_dir)
+    except BlockDropError:
+        return []
+    path = cv_dir / base_checkpoint_name(state.epoch, state.figures.get("acc", -1.0))
+    return [path] if state.epoch == state.end_epoch and path.is_file() else []
+
+
+def train_base(args: argparse.Namespace, procs: Processes) -> Path:
+    config = get_config(args.model)
+    device = procs.device
+    args.cv_dir = str(args.cv_dir or PRETRAINED_DIR / config.name)
+    resumed = open_folder(args, procs)
+    seed_everything(args.seed)
+    trainset, testset = get_datasets(config, args.data_dir)
     trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
                                            test_batch_size=256)
-    layout = memory_format(args, device)
-    precision = amp_dtype(args, device)
+    layout = channels_layout(args.memory_format, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    resnet = build_resnet(cfg).to(device, memory_format=layout)
-    model = DDP(resnet, device_ids=[device.index] if device.type == "cuda" else None) if procs.distributed else resnet
-    optimizer = torch.optim.SGD(resnet.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.wd)
-    schedule = LambdaLR(optimizer, lambda epoch: lr_factor(args, epoch + 1))  # its epochs count from 0
-    scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
-    writer = None
-    if procs.is_main:
-        save_args({**vars(args), "processes": procs.world_size}, cv_dir)
-        writer = SummaryWriter(str(cv_dir / "log"))
-    acc = 0.0
-    try:
-        for epoch in range(1, args.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            if isinstance(trainloader.sampler, DistributedSampler):
-                trainloader.sampler.set_epoch(epoch)
-            model.train()
-            rows = {"index": [], "loss": [], "correct": []}
-            for inputs, targets, index in progress(trainloader, f"epoch {epoch}"):
-                inputs, targets = to_device(inputs, device, layout), targets.to(device)
-                with autocast(device, precision):
-                    logits = model(inputs)
-                logits = logits.float()
-                loss = F.cross_entropy(logits, targets)
-                optimizer.zero_grad(set_to_none=True)
-                backward_and_step(loss, optimizer, scaler)
-                rows["index"].append(index)
-                rows["loss"].append(F.cross_entropy(logits.detach(), targets, reduction="none").cpu())
-                rows["correct"].append((logits.argmax(1) == targets).cpu())
-            schedule.step()
-            index, losses, correct = gather_rows(procs, *(torch.cat(rows[k]) for k in ("index", "loss", "correct")))
-            keep = first_of_each(index)  # each image once
-            tested = predict(BlockDrop(None, resnet), testloader, device, amp=precision, memory_format=layout)
-            acc = gather_rows(procs, tested["correct"])[0].double().mean().item()
-            row = {"epoch": epoch, "lr": lr, "train_loss": losses[keep].double().mean().item(),
-                   "train_accuracy": correct[keep].double().mean().item(), "test_accuracy": acc}
-            main_print(f"E: {epoch} | L: {row['train_loss']:.4f} | A: {row['train_accuracy']:.3f} | "
-                       f"TS: {acc:.3f} | lr: {lr:.2E}")
-            if writer:
-                for key in ("train_loss", "train_accuracy", "test_accuracy", "lr"):
-                    writer.add_scalar(key, row[key], epoch)
-                with open(cv_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-    finally:
-        if writer:
-            writer.close()
+    resnet = build_resnet(config)
+    if resumed:
+        load_weights(resnet, resumed.networks["resnet"], Path(args.cv_dir) / LAST, f"{config.name} ResNet")
+    resnet.to(device, memory_format=layout)
+    optimizer, schedule = make_optimizer(args, resnet, resumed)
+    phase = BasePhase(resnet, procs, testloader, layout, amp_dtype(args.amp, device), optimizer, schedule)
+    start = resumed.epoch + 1 if resumed else 1
+    flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    run = Run(Path(args.cv_dir), procs, {**flags, "processes": procs.world_size}, 1, start, args.epochs)
+    if resumed:
+        resumed.restore_rng(procs.rank, procs.world_size)
+        phase.figures = resumed.figures
+    train_epochs(begin_run(run), phase, trainloader)
+    return save_base(run, config, resnet, phase.figures["acc"], trained=start <= args.epochs)
 
-    path = cv_dir / base_checkpoint_name(args.epochs, acc)
-    if procs.is_main:
-        save_checkpoint({"state_dict": to_standard_keys(resnet.state_dict()), "epoch": args.epochs,
-                         "acc": acc, "model": cfg.name}, path)
+
+def make_optimizer(args: argparse.Namespace, resnet, resumed: RunState | None):
+    """SGD with momentum and weight decay, its state restored when resuming, and
+    the schedule of ``lr_factor`` from the epoch the run goes on at."""
+    optimizer = torch.optim.SGD(resnet.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    if resumed:
+        optimizer.load_state_dict(resumed.optimizer)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = args.lr
+    start = resumed.epoch + 1 if resumed else 1
+    schedule = LambdaLR(optimizer, lambda t: lr_factor(args, t + 1), last_epoch=start - 2)  # t counts from 0
+    return optimizer, schedule
+
+
+def save_base(run: Run, config, resnet, acc: float, trained: bool) -> Path:
+    """The trained base, in the standard layout, as ``pk_E_<epochs>_A_<acc>.t7``
+    (``acc``: the last test accuracy). A file of that name that this run did not
+    write is never replaced."""
+    path = run.cv_dir / base_checkpoint_name(run.end_epoch, acc)
+    if run.procs.is_main:
+        if path.exists() and trained:
+            raise BlockDropError(f"{path} exists and was not written by this run; the trained network is in "
+                                 f"{run.cv_dir / LAST}: move {path.name} away and run again with --resume")
+        if not path.exists():
+            save_checkpoint({"state_dict": to_standard_keys(resnet.state_dict()), "epoch": run.end_epoch,
+                             "acc": acc, "model": config.name}, path)
         main_print(f"saved {path}")
     return path
 

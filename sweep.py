@@ -19,7 +19,7 @@ from pathlib import Path
 
 import finetune
 from models import get_config
-from utils.checkpoints import file_sha256, find_default_base, run_files, writable_folder, write_json
+from utils.bases import file_sha256, find_default_base
 from utils.cli import (
     ArgumentParser,
     BlockDropError,
@@ -32,6 +32,8 @@ from utils.cli import (
     run_cli,
     run_step,
 )
+from utils.files import writable_folder, write_json
+from utils.runstate import run_files
 from visualize import save_figure, tradeoff_figure
 
 

@@ -20,19 +20,22 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from engine import policy_stats, predict
-from models import BlockDrop, build_agent, build_resnet, get_config
-from utils.checkpoints import load_blockdrop_checkpoint, load_default_or_given_base, writable_file, write_json
+from models import BlockDrop, build_resnet, get_config
+from utils.bases import load_base_for
+from utils.checkpoints import load_trained, policy_source, recorded_policy
 from utils.cli import (
     ArgumentParser,
     BlockDropError,
     add_device_flag,
     add_model_flag,
+    add_policy_flags,
     choose_device,
     nonnegative_int,
     positive_int,
     run_cli,
 )
 from utils.data import get_datasets
+from utils.files import load_state_file, writable_file, write_json
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
 from utils.timing import seconds_per_image
 
@@ -54,6 +57,8 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--workers", type=nonnegative_int, default=0, help="data loader workers")
     p.add_argument("--limit", type=positive_int, default=None, help="profile only the first N test images")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
+    add_policy_flags(p, "with --load, the ResNet of that checkpoint (default: the policy the checkpoint was "
+                        "finetuned with), without it the base", seed=True)
     return p
 
 
@@ -119,21 +124,24 @@ def report(figures: dict) -> str:
 def main(args: argparse.Namespace) -> dict:
     if args.json:
         writable_file(Path(args.json), "--json")  # before any work
-    cfg = get_config(args.model)
+    config = get_config(args.model)
     device = choose_device(args.device)
-    resnet, agent = build_resnet(cfg), build_agent(cfg)  # the agent's weights: --load's
-    source = {}
+    obj = load_state_file(args.load) if args.load else None
+    resnet = build_resnet(config)
+    agent = policy_source(config, args.policy, args.k, args.seed, recorded_policy(obj))  # weights: --load's
+    fixed = not getattr(agent, "learnable", True)
+    source = {"policy": agent.record() if fixed else {"policy": "learned"}}
     if args.load:
-        ckpt = load_blockdrop_checkpoint(Path(args.load), cfg.name, agent, resnet)
+        ckpt = load_trained(args.load, config, agent, resnet, args.base, obj)
         source["checkpoint"] = str(args.load)
-        if not ckpt["has_resnet"]:
-            source["base"] = str(load_default_or_given_base(resnet, cfg, args.base, ckpt.get("base"), Path(args.load)))
+        if "base_loaded" in ckpt:
+            source["base"] = ckpt["base_loaded"]["path"]
     else:
-        source["base"] = str(load_default_or_given_base(resnet, cfg, args.base))
-    _, testset = get_datasets(cfg, args.data_dir)
+        source["base"] = load_base_for(resnet, config, args.base)["path"]
+    _, testset = get_datasets(config, args.data_dir)
     agent.to(device)
     resnet.to(device)
-    full = not args.load
+    full = not args.load and not fixed
     figures = profile(agent, resnet, testset, device, full, args.limit, args.workers, args.batch_size)
     if args.time_images:
         timed = Subset(testset, range(figures["images"]))
@@ -141,7 +149,7 @@ def main(args: argparse.Namespace) -> dict:
         figures["device"] = str(device)
     print(report(figures), flush=True)
     if args.json:
-        write_json(Path(args.json), {"model": cfg.name, **source, **figures})
+        write_json(Path(args.json), {"model": config.name, **source, **figures})
     return figures
 
 

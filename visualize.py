@@ -42,13 +42,7 @@ from torch.utils.data import DataLoader, Subset
 
 from engine import policy_stats, predict
 from models import BlockDrop, build_agent, build_resnet, get_config
-from utils.checkpoints import (
-    atomic_write_bytes,
-    load_blockdrop_checkpoint,
-    load_default_or_given_base,
-    writable_folder,
-    write_json,
-)
+from utils.checkpoints import load_trained
 from utils.cli import (
     ArgumentParser,
     BlockDropError,
@@ -60,6 +54,7 @@ from utils.cli import (
     run_cli,
 )
 from utils.data import get_datasets
+from utils.files import atomic_write_bytes, writable_folder, write_json
 
 DPI = 110
 KEPT_COLOR = "#2f5f98"
@@ -467,9 +462,7 @@ def main(args: argparse.Namespace) -> dict:
     ckpt_path = Path(args.load)
     out = writable_folder(Path(args.out) if args.out else ckpt_path.parent / "figures", "--out", create=False)
     resnet, agent = build_resnet(cfg), build_agent(cfg)  # its weights: --load's agent
-    ckpt = load_blockdrop_checkpoint(ckpt_path, cfg.name, agent, resnet)
-    if not ckpt["has_resnet"]:
-        load_default_or_given_base(resnet, cfg, args.base, ckpt.get("base"), ckpt_path)
+    ckpt = load_trained(ckpt_path, cfg, agent, resnet, args.base)
     _, testset = get_datasets(cfg, args.data_dir)
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / "log"
 

@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules
 
-from engine import RLConfig, train_step
 from models import build_agent, build_resnet, get_config
+from rl import RLConfig, train_step
 from utils.checkpoints import load_blockdrop
 from utils.cli import ArgumentParser, add_device_flag, choose_device
 from utils.data import get_datasets

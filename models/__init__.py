@@ -1,7 +1,7 @@
 """Model registry: one row per ``--model`` configuration (SPEC section 1).
 
-``get_config(name)`` is the one way in; ``build_resnet(cfg)`` and
-``build_agent(cfg)`` make the two networks of a configuration. The package
+``get_config(name)`` is the one way in; ``build_resnet(config)`` and
+``build_agent(config)`` make the two networks of a configuration. The package
 depends on torch and torchvision only.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torchvision.models import ResNet101_Weights
+from torchvision.models import ResNet50_Weights, ResNet101_Weights
 
+from .baselines import POLICY_SOURCES, FirstK, FixedPolicy, RandomK, fixed_policy
 from .blockdrop import BlockDrop
 from .keys import to_flat_keys, to_standard_keys
 from .policy import RESNET18_WEIGHTS, PolicyNet, cifar_policy, force_prefix, greedy_policy, imagenet_policy
@@ -20,6 +21,7 @@ __all__ = [
     "CONFIGS", "ModelConfig", "get_config", "build_resnet", "build_agent", "BlockDrop",
     "FlatResNet", "PolicyNet", "BasicBlock", "Bottleneck", "RESNET18_WEIGHTS",
     "greedy_policy", "force_prefix", "to_flat_keys", "to_standard_keys",
+    "POLICY_SOURCES", "FixedPolicy", "FirstK", "RandomK", "fixed_policy",
 ]
 
 
@@ -61,6 +63,14 @@ CONFIGS: dict[str, ModelConfig] = {
         # UCI handwritten digits (scikit-learn ships them), 32x32: runs offline on a CPU.
         # No released base: pretrain.py writes pk_E_<epoch>_A_<acc>.t7 in this folder.
         ModelConfig("R32_Digits", "Digits", "cifar", 32, 10, "R32_Digits/pk_E_<epoch>_A_<acc>.t7"),
+        # Shallower ResNets of the same recipe, the equal-cost baselines of BlockDrop on a
+        # deeper one (1 to 4 blocks per stage on the digits; 3, 7 and 9 on CIFAR-10).
+        *[ModelConfig(f"R{depth}_Digits", "Digits", "cifar", depth, 10, f"R{depth}_Digits/pk_E_<epoch>_A_<acc>.t7")
+          for depth in (8, 14, 20, 26)],
+        *[ModelConfig(f"R{depth}_C10", "C10", "cifar", depth, 10, f"R{depth}_C10/pk_E_<epoch>_A_<acc>.t7")
+          for depth in (20, 44, 56)],
+        ModelConfig("R50_ImgNet", "ImgNet", "imagenet", 50, 1000, "R50_ImgNet/pk_E_<epoch>_A_<acc>.t7", _IMAGENET_NORM,
+                    torchvision_base=ResNet50_Weights.IMAGENET1K_V1.url),
     ]
 }
 
@@ -71,15 +81,15 @@ def get_config(name: str) -> ModelConfig:
     return CONFIGS[name]
 
 
-def build_resnet(cfg: ModelConfig) -> FlatResNet:
-    if cfg.arch == "cifar":
-        return cifar_resnet(cfg.depth, cfg.num_classes)
-    return imagenet_resnet(cfg.depth, cfg.num_classes)
+def build_resnet(config: ModelConfig) -> FlatResNet:
+    if config.arch == "cifar":
+        return cifar_resnet(config.depth, config.num_classes)
+    return imagenet_resnet(config.depth, config.num_classes)
 
 
-def build_agent(cfg: ModelConfig) -> PolicyNet:
+def build_agent(config: ModelConfig) -> PolicyNet:
     """The policy network, from random weights (the ImageNet one's ResNet-18
     start is loaded by ``utils.checkpoints.load_policy_start``)."""
-    if cfg.arch == "cifar":
-        return cifar_policy(cfg.num_blocks)
-    return imagenet_policy(cfg.num_blocks)
+    if config.arch == "cifar":
+        return cifar_policy(config.num_blocks)
+    return imagenet_policy(config.num_blocks)

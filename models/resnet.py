@@ -16,8 +16,6 @@ batches), and the kept blocks of one shared policy.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -91,17 +89,17 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The images ``rows`` of a batch, in the batch's memory layout (channels-last stays so)."""
     if _channels_last(x):
         return x.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
     return x.index_select(0, rows)
 
 
-def scatter_rows(x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, in_place: bool) -> torch.Tensor:
+def put_rows(x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, in_place: bool) -> torch.Tensor:
     """``x`` with its images ``rows`` replaced by ``values`` (in place, or a copy for autograd)."""
     if _channels_last(x):
-        return scatter_rows(x.permute(0, 2, 3, 1), rows, values.permute(0, 2, 3, 1), in_place).permute(0, 3, 1, 2)
+        return put_rows(x.permute(0, 2, 3, 1), rows, values.permute(0, 2, 3, 1), in_place).permute(0, 3, 1, 2)
     return x.index_copy_(0, rows, values) if in_place else x.index_copy(0, rows, values)
 
 
@@ -169,13 +167,14 @@ class FlatResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """Convolutions from normal(0, sqrt(2 / (k * k * out_channels))) (He et
+        al.'s fan-out initialisation), BatchNorm at weight 1 and bias 0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / n))
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     @property
     def num_blocks(self) -> int:
@@ -229,8 +228,8 @@ class FlatResNet(nn.Module):
                 x = u * F.relu(shortcut + self.blocks[s][i](x)) + (1 - u) * shortcut
             elif rows[t] is not None:  # per image, and some images drop this block
                 r = rows[t]
-                out = F.relu(gather_rows(shortcut, r) + self.blocks[s][i](gather_rows(x, r)))
-                x = scatter_rows(shortcut, r, out, in_place=not torch.is_grad_enabled())
+                out = F.relu(take_rows(shortcut, r) + self.blocks[s][i](take_rows(x, r)))
+                x = put_rows(shortcut, r, out, in_place=not torch.is_grad_enabled())
             else:
                 x = F.relu(shortcut + self.blocks[s][i](x))
         return x

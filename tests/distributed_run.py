@@ -17,13 +17,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import engine  # noqa: E402
+import training  # noqa: E402
 
 
 def main() -> None:
     out, script, *flags = sys.argv[1:]
     built, policies = {}, []
-    real_build, real_step = engine.build_networks, engine.train_step
+    real_build, real_step = training.build_networks, training.train_step
 
     def build_networks(*args, **kwargs):
         built["nets"] = real_build(*args, **kwargs)
@@ -34,7 +34,7 @@ def main() -> None:
         policies.append(out["policy"].cpu())
         return out
 
-    engine.build_networks, engine.train_step = build_networks, train_step
+    training.build_networks, training.train_step = build_networks, train_step
     sys.argv = [script, *flags]
     try:
         runpy.run_path(str(ROOT / script), run_name="__main__")

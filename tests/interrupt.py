@@ -36,20 +36,20 @@ def main() -> None:
     kind, *where = moment.split(":")
     if kind == "step":
         epoch, batch = map(int, where)
-        real_epoch, real_step = engine.train_one_epoch, engine.train_step
-        seen = {"epoch": None, "batch": 0}
+        real_epoch = engine.train_one_epoch
 
-        def one_epoch(*args, desc: str = "", **kwargs):
-            seen["epoch"], seen["batch"] = int(desc.split()[-1]), 0
-            return real_epoch(*args, desc=desc, **kwargs)
+        def one_epoch(step, *args, desc: str = "", **kwargs):
+            seen = {"batch": 0}
 
-        def step(*args, **kwargs):
-            if (seen["epoch"], seen["batch"]) == (epoch, batch):
-                freeze(marker)
-            seen["batch"] += 1
-            return real_step(*args, **kwargs)
+            def frozen_step(*step_args):
+                if (int(desc.split()[-1]), seen["batch"]) == (epoch, batch):
+                    freeze(marker)
+                seen["batch"] += 1
+                return step(*step_args)
 
-        engine.train_one_epoch, engine.train_step = one_epoch, step
+            return real_epoch(frozen_step, *args, desc=desc, **kwargs)
+
+        engine.train_one_epoch = one_epoch
     elif kind == "write":
         target, real_save = int(where[0]), torch.save
         count = {"saves": 0}

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from conftest import run_main, script_env, write_cifar10
 from engine import evaluate
 from models import build_agent, build_resnet, get_config, to_standard_keys
-from utils.checkpoints import load_base, load_blockdrop_checkpoint
+from utils.bases import load_base
+from utils.checkpoints import load_blockdrop_checkpoint
 from utils.cli import load_script
 from utils.data import WithIndex, get_datasets
 

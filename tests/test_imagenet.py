@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import ROOT, randomize_bn, script_env
 from models import build_resnet, get_config
-from utils.checkpoints import find_default_base, load_base
+from utils.bases import find_default_base, load_base
 
 
 def torchvision_resnet101(seed: int) -> torch.nn.Module:

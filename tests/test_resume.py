@@ -228,3 +228,64 @@ def test_an_agent_with_nan_weights_is_refused_in_one_line(workdir):
                       "--data_dir", "data", "--device", "cpu", cwd=workdir)
     line = assert_one_line_error(result)
     assert "nan_agent.t7" in line and "logit.bias" in line
+
+
+# --------------------------------------------------------------------------
+# pretrain.py on the same loop; the runtime flags changed on resume
+# --------------------------------------------------------------------------
+def base_flags(cv_dir: str) -> list:
+    return ["--model", "R32_C10", "--data_dir", "data", "--device", "cpu", "--workers", "0", "--batch_size", "8",
+            "--seed", "0", "--epochs", "3", "--milestones", "2", "--cv_dir", cv_dir]
+
+
+@pytest.mark.slow
+def test_a_base_run_killed_and_resumed_ends_bit_identical_to_one_never_interrupted(workdir):
+    run([ROOT / "pretrain.py", *base_flags("cv/base_whole")], workdir)
+    run_and_kill("step:2:1", "pretrain.py", base_flags("cv/base_killed"), workdir)  # inside epoch 2
+    resume = ["--resume", "--cv_dir", "cv/base_killed"]
+    run_and_kill("write:1", "pretrain.py", resume, workdir)  # inside the first write after resuming
+    final = run([ROOT / "pretrain.py", *resume], workdir)
+    assert "resuming the run" in final.stdout and "after epoch 1" in final.stdout
+    whole, killed = workdir / "cv" / "base_whole", workdir / "cv" / "base_killed"
+    bases = [sorted(folder.glob("pk_E_3_A_*.t7")) for folder in (whole, killed)]
+    assert len(bases[0]) == len(bases[1]) == 1 and bases[0][0].name == bases[1][0].name
+    a, b = (torch.load(found[0], weights_only=True)["state_dict"] for found in bases)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(killed.glob(".*.tmp"))
+    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # each epoch logged once
+    assert rows == [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    done = run([ROOT / "pretrain.py", *resume], workdir)  # a finished run: nothing to train, the base stays
+    assert not [ln for ln in done.stdout.splitlines() if ln.startswith("E: ")] and bases[1][0].name in done.stdout
+
+
+def test_pretrain_refuses_a_folder_holding_a_run_and_restart_sets_it_aside_with_its_base(workdir):
+    flags = [*base_flags("cv/base_guard"), "--epochs", "1"]
+    assert run_main(load_script("pretrain"), *flags, cwd=workdir).returncode == 0
+    folder = workdir / "cv" / "base_guard"
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert any(name.startswith("pk_E_1_A_") for name in before) and "last.t7" in before
+    again = run_main(load_script("pretrain"), *flags, cwd=workdir)
+    line = assert_one_line_error(again)
+    assert "--resume" in line and "--restart" in line
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before  # nothing touched
+    restarted = run_main(load_script("pretrain"), *flags, "--restart", cwd=workdir)
+    assert restarted.returncode == 0, restarted.stderr
+    kept = [p for p in folder.iterdir() if p.name.startswith("earlier-")]
+    assert len(kept) == 1 and {p.name: p.read_bytes() for p in kept[0].iterdir() if p.is_file()} == before
+    assert len(list(folder.glob("pk_E_1_A_*.t7"))) == 1  # the new run's base, none replaced
+    rows = (folder / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1  # a new log, not appended to the earlier one
+
+
+def test_amp_and_memory_format_may_change_when_a_run_is_resumed(workdir):
+    assert tiny(workdir, cl_training, "--base", "base.t7", "--max_epochs", "0", "--cv_dir", "cv/runtime").returncode == 0
+    resumed = tiny(workdir, cl_training, "--resume", "--cv_dir", "cv/runtime", "--max_epochs", "1", "--amp",
+                   "--memory_format", "channels_last")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "--amp applies on CUDA only" in resumed.stdout  # on the CPU: float32, said once
+    assert [ln.split(" | ")[0] for ln in resumed.stdout.splitlines() if ln.startswith("E: ")] == ["E: 1"]
+    args = (workdir / "cv" / "runtime" / "args.txt").read_text()
+    assert "amp: True\n" in args and "memory_format: channels_last\n" in args
+    last = torch.load(workdir / "cv" / "runtime" / "last.t7", weights_only=True)
+    assert last["epoch"] == 1 and last["args"]["memory_format"] == "channels_last"

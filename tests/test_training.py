@@ -18,22 +18,11 @@ import cl_training
 import finetune
 import pretrain
 from conftest import ROOT, assert_one_line_error, run_main, script_env, write_cifar10
-from engine import (
-    Networks,
-    RLConfig,
-    TrainConfig,
-    build_networks,
-    exploration_prob,
-    fit,
-    force_prefix,
-    learned_blocks,
-    make_optimizer,
-    policy_loss,
-    reward,
-    train_step,
-)
-from models import build_agent, build_resnet, get_config
+from models import build_agent, build_resnet, force_prefix, get_config
+from rl import RLConfig, exploration_prob, learned_blocks, policy_loss, reward, train_step
+from training import Networks, build_networks, fit, make_optimizer
 from utils import BlockDropError, parse_base_checkpoint_name, parse_checkpoint_name, to_standard_keys
+from utils.config import TrainConfig
 
 NOOP_BLOCKS = [1, 2, 3, 6, 7, 8, 11, 12, 13]  # R32: 15 blocks, these made exact no-ops
 

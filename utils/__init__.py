@@ -1,52 +1,46 @@
-"""Helpers of the scripts, one module per concern; ``import utils`` gives them all.
+"""Helpers of the scripts, one module per concern; ``import utils`` gives the public ones.
 
-- ``utils.cli``: the error type, argument parsing and flags, running a script, device and seed;
-- ``utils.checkpoints``: checkpoint names, atomic writes, safe loading, bases, the policy's start;
-- ``utils.flops``: FLOPs per image;
-- ``utils.timing``: measured time per image;
+- ``utils.cli``: the error types, argument parsing and flags, running a script, device and seed;
+- ``utils.files``: atomic writes, output-path checks, the one safe way to read a ``.t7`` file;
+- ``utils.bases``: pretrained weights: the base ResNets (given, recorded or default) and the policy's start;
+- ``utils.checkpoints``: BlockDrop checkpoint names, reading them, "a checkpoint, then its base";
+- ``utils.config`` and ``utils.runstate``: a training run's flags, and its saved state and folder;
+- ``utils.runtime`` and ``utils.distributed``: precision, memory format, loaders, several GPUs;
+- ``utils.logger``: log lines, TensorBoard and ``metrics.jsonl``;
+- ``utils.flops`` and ``utils.timing``: FLOPs and measured time per image;
 - ``utils.data``: data sets.
 """
 
 from models import to_flat_keys, to_standard_keys
 
-from .checkpoints import (
+from .bases import (
     BASE_PATTERN,
-    CKPT_PATTERN,
     PRETRAINED_DIR,
-    atomic_write_bytes,
     base_checkpoint_name,
-    checkpoint_name,
-    converted_path,
     find_default_base,
     load_base,
-    load_blockdrop,
-    load_blockdrop_checkpoint,
-    load_default_or_given_base,
+    load_base_for,
     load_policy_start,
-    load_state_file,
     load_weights,
     parse_base_checkpoint_name,
-    parse_checkpoint_name,
     resnet18_file,
-    save_args,
-    save_blockdrop_checkpoint,
-    save_checkpoint,
-    unwrap,
-    write_json,
+)
+from .checkpoints import (
+    CKPT_PATTERN,
+    checkpoint_name,
+    load_blockdrop,
+    load_blockdrop_checkpoint,
+    load_trained,
+    parse_checkpoint_name,
 )
 from .cli import (
     NO_DOWNLOAD_ENV,
     ArgumentParser,
     BlockDropError,
-    add_device_flag,
-    add_model_flag,
-    add_training_flags,
+    NonFinite,
     choose_device,
     downloads_allowed,
-    finite_float,
     load_script,
-    nonnegative_int,
-    positive_int,
     run_cli,
     run_step,
     seed_everything,
@@ -56,15 +50,12 @@ from .data import (
     DATASETS,
     ArrayDataset,
     cifar_arrays,
-    cifar_datasets,
     digits_arrays,
     digits_as_cifar10,
-    digits_datasets,
-    download_cifar,
     get_datasets,
-    imagenet_datasets,
     read_cifar_batches,
     write_cifar10_layout,
 )
+from .files import atomic_write_bytes, converted_path, load_state_file, save_checkpoint, write_json
 from .flops import agent_flops, module_flops, policy_flops, resnet_flop_table
 from .timing import seconds_per_image

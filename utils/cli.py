@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models import CONFIGS
+from models import CONFIGS, POLICY_SOURCES
 
 ROOT = Path(__file__).resolve().parents[1]  # the project's folder, where the scripts are
 
@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]  # the project's folder, where the sc
 class BlockDropError(Exception):
     """An expected failure (bad flag, missing or wrong file): the scripts print
     its message as one line and exit with status 2."""
+
+
+class NonFinite(BlockDropError):
+    """A loss, keep-probability or weight that is nan or infinite: training stops."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -124,13 +128,28 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
                    help="pretrained base ResNet (default: the one a --load or --pretrained checkpoint records, "
                         "else the configuration's file under cv/pretrained/ in the working directory)")
     add_throughput_flags(p)
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --cv_dir from its newest complete state, with its arguments; "
-                        "only --max_epochs (counted from the run's first epoch), --workers, --device, "
-                        "--parallel, --amp and --memory_format may be given anew")
-    p.add_argument("--restart", action="store_true",
-                   help="start a new run in a --cv_dir that holds one; the earlier run's files are moved to "
-                        "<cv_dir>/earlier-<time>/")
+    add_run_folder_flags(p, resumable="--max_epochs (counted from the run's first epoch), --workers, --device, "
+                                      "--parallel, --amp and --memory_format")
+
+
+def add_run_folder_flags(parser: argparse.ArgumentParser, resumable: str) -> None:
+    """``--resume`` and ``--restart`` of a training script; ``resumable`` names the flags that may change."""
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue the run in --cv_dir from its newest complete state, with its arguments; "
+                             f"only {resumable} may be given anew")
+    parser.add_argument("--restart", action="store_true",
+                        help="start a new run in a --cv_dir that holds one; the earlier run's files are moved to "
+                             "<cv_dir>/earlier-<time>/")
+
+
+def add_policy_flags(parser: argparse.ArgumentParser, what: str, seed: bool = False) -> None:
+    """``--policy`` and ``--k``: the paper's heuristic baselines in the policy network's place."""
+    parser.add_argument("--policy", choices=POLICY_SOURCES, default=None,
+                        help=f"learned: the policy network (default); firstk: the first --k blocks for every image; "
+                             f"randomk: --k blocks drawn uniformly at random per image; {what}")
+    parser.add_argument("--k", type=nonnegative_int, default=None, help="blocks kept by --policy firstk or randomk")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="seed of --policy randomk's draws")
 
 
 def add_throughput_flags(parser: argparse.ArgumentParser) -> None:

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-from .checkpoints import atomic_write_bytes
 from .cli import NO_DOWNLOAD_ENV, BlockDropError, downloads_allowed
+from .files import atomic_write_bytes
 
 # --------------------------------------------------------------------------
 # data (SPEC section 8)
@@ -185,14 +185,14 @@ def _cifar_transforms(normalize):
     return train, test
 
 
-def cifar_datasets(cfg, data_dir: Path, url: str | None = None):
-    (xtr, ytr), (xte, yte) = cifar_arrays(cfg.dataset, data_dir, url)
-    train_tf, test_tf = _cifar_transforms(cfg.normalize)
+def cifar_datasets(config, data_dir: Path, url: str | None = None):
+    (xtr, ytr), (xte, yte) = cifar_arrays(config.dataset, data_dir, url)
+    train_tf, test_tf = _cifar_transforms(config.normalize)
     return ArrayDataset(xtr, ytr, train_tf), ArrayDataset(xte, yte, test_tf)
 
 
-def imagenet_datasets(cfg, data_dir: Path, url: str | None = None):
-    norm = T.Normalize(*cfg.normalize)
+def imagenet_datasets(config, data_dir: Path, url: str | None = None):
+    norm = T.Normalize(*config.normalize)
     train_tf = T.Compose([T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     test_tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
     out = []
@@ -235,7 +235,7 @@ def digits_arrays() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np
     return (images[idx_train], labels[idx_train]), (images[idx_test], labels[idx_test])
 
 
-def digits_datasets(cfg, data_dir: Path | None = None):
+def digits_datasets(config, data_dir: Path | None = None):
     """Offline, from scikit-learn's package (``data_dir`` is not used). The
     train transform is CIFAR's random crop without the flip: a mirrored digit
     is not the same digit."""
@@ -252,6 +252,6 @@ DATASETS: dict[str, Callable] = {
 }
 
 
-def get_datasets(cfg, data_dir: str | Path):
+def get_datasets(config, data_dir: str | Path):
     """(train set, test set) of a configuration, with SPEC's transforms."""
-    return DATASETS[cfg.dataset](cfg, Path(data_dir))
+    return DATASETS[config.dataset](config, Path(data_dir))

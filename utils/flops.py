@@ -19,7 +19,7 @@ def module_flops(model: nn.Module, input_size: int) -> dict[str, int]:
     was_training = model.training
     model.eval()
     try:
-        parameter = next(model.parameters())
+        parameter = next(model.parameters(), torch.zeros(()))  # a policy source without weights runs on the CPU
         image = torch.zeros(1, 3, input_size, input_size, device=parameter.device, dtype=parameter.dtype)
         with FlopCounterMode(display=False) as mode:
             model(image)

@@ -1,0 +1,166 @@
+"""The paper's heuristic baselines as policy sources (SPEC section 9): FirstK
+and RandomK in the policy network's place, in profiling and in finetuning."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import finetune
+from conftest import assert_one_line_error, cifar_block_costs, run_main, write_cifar10
+from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config, to_standard_keys
+from rl import RLConfig, train_step
+from utils.cli import load_script
+from utils.flops import agent_flops, policy_flops, resnet_flop_table
+
+K = 15  # R32: 5 blocks per stage
+
+
+def test_firstk_keeps_exactly_the_first_k_blocks_of_every_image():
+    for k in (0, 1, 7, K):
+        policy, value = fixed_policy("firstk", K, k)(torch.zeros(4, 3, 32, 32))
+        assert value is None
+        assert policy.tolist() == [[1.0] * k + [0.0] * (K - k)] * 4
+
+
+def test_randomk_keeps_exactly_k_blocks_uniformly_at_random_and_seeded():
+    source = fixed_policy("randomk", K, 5, seed=3)
+    policies = torch.cat([source(torch.zeros(500, 3, 32, 32))[0] for _ in range(8)])  # 4,000 images
+    assert set(policies.sum(1).tolist()) == {5.0}
+    assert set(policies.unique().tolist()) == {0.0, 1.0}
+    share = policies.mean(0)  # each block kept by 5/15 of the images, within 4 standard errors
+    assert ((share - 5 / K).abs() < 4 * (5 / K * 10 / K / len(policies)) ** 0.5).all(), share
+    assert len(torch.unique(policies, dim=0)) > 2000  # of the C(15, 5) = 3,003 subsets
+    again = fixed_policy("randomk", K, 5, seed=3)
+    assert torch.equal(torch.cat([again(torch.zeros(500, 3, 32, 32))[0] for _ in range(8)]), policies)
+    other = fixed_policy("randomk", K, 5, seed=4)
+    assert not torch.equal(other(torch.zeros(500, 3, 32, 32))[0], policies[:500])
+
+
+def test_randomk_draws_the_same_policies_at_any_batch_size_and_in_every_evaluation():
+    source = fixed_policy("randomk", K, 6, seed=1).eval()
+    whole = source.policies(12)
+    source.eval()  # each evaluation starts from the seed
+    assert torch.equal(torch.cat([source.policies(n) for n in (1, 4, 7)]), whole)
+    source.train()
+    assert torch.equal(source.policies(12), whole)  # training draws its own stream from the seed...
+    assert not torch.equal(source.policies(12), whole)  # ...and goes on, while evaluation starts again
+    state = copy.deepcopy(source.state_dict())
+    resumed = fixed_policy("randomk", K, 6, seed=1)
+    resumed.load_state_dict(state)  # a checkpoint carries the stream, so a resumed run draws on
+    assert torch.equal(resumed.policies(9), source.policies(9))
+
+
+def test_k_out_of_range_is_refused():
+    for k in (-1, K + 1):
+        with pytest.raises(ValueError, match="between 0 and the 15 blocks"):
+            fixed_policy("firstk", K, k)
+
+
+def test_a_fixed_policy_costs_what_its_blocks_cost_and_nothing_for_a_policy_network(built_models):
+    resnet = built_models("R32_C10")
+    table = resnet_flop_table(resnet, 32)
+    costs = cifar_block_costs(5)
+    for name in ("firstk", "randomk"):
+        source = fixed_policy(name, K, 6, seed=2)
+        assert agent_flops(source, 32) == 0
+        policies = source(torch.zeros(50, 3, 32, 32))[0]
+        flops = policy_flops(table, policies)
+        expected = [table[0] + sum(c for c, u in zip(costs, row) if u) for row in policies.tolist()]
+        assert flops.tolist() == expected  # counted as for any BlockDrop policy
+    first = policy_flops(table, fixed_policy("firstk", K, 6)(torch.zeros(1, 3, 32, 32))[0])
+    assert first.item() == table[0] + sum(costs[:6])
+
+
+def test_blockdrop_with_a_fixed_policy_runs_only_the_kept_blocks():
+    torch.manual_seed(0)
+    resnet = build_resnet(get_config("R32_C10")).eval()
+    calls = {}
+    for t, (s, i) in enumerate(resnet.block_index):
+        resnet.blocks[s][i].register_forward_hook(lambda m, inp, out, t=t: calls.__setitem__(t, len(inp[0])))
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        logits, policy = BlockDrop(fixed_policy("firstk", K, 4), resnet)(x)
+        assert sorted(calls) == [0, 1, 2, 3] and policy.sum(1).tolist() == [4.0] * 3
+        assert torch.allclose(logits, resnet(x, policy, "masked"), atol=1e-6)
+
+
+def test_finetuning_under_a_fixed_policy_trains_the_resnet_alone_under_that_policy():
+    torch.manual_seed(0)
+    config = get_config("R32_C10")
+    resnet = build_resnet(config).train()
+    source = fixed_policy("firstk", K, 9)
+    optimizer = torch.optim.Adam(list(source.parameters()) + list(resnet.parameters()), lr=1e-3)
+    assert len(optimizer.param_groups[0]["params"]) == len(list(resnet.parameters()))  # no agent weights
+    before = copy.deepcopy(resnet.state_dict())
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    out = train_step(source, resnet, x, y, optimizer, K, RLConfig(penalty=-5, joint=True))
+    assert torch.equal(out["policy"], source(x)[0])  # the fixed policy, not a sample
+    moved = [k for k, v in resnet.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("blocks.0.0.") for k in moved) and not any(k.startswith("blocks.2.4.") for k in moved)
+    resnet.load_state_dict(before)
+    resnet.eval()
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(resnet.train()(x, out["policy"], "masked"), y).item()
+    assert out["loss"] == pytest.approx(expected, rel=1e-5)  # the cross-entropy alone
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("baselines")
+    write_cifar10(tmp / "data", n_train=4, n_test=6, seed=2)
+    torch.manual_seed(0)
+    torch.save({"state_dict": to_standard_keys(build_resnet(get_config("R32_C10")).state_dict())}, tmp / "base.t7")
+    return tmp
+
+
+def test_finetune_and_test_with_a_fixed_policy_end_to_end(folder):
+    common = ["--model", "R32_C10", "--data_dir", "data", "--device", "cpu", "--workers", "0"]
+    ft = run_main(finetune, *common, "--base", "base.t7", "--policy", "randomk", "--k", "7", "--seed", "1",
+                  "--batch_size", "10", "--max_epochs", "1", "--cv_dir", "cv/rk", cwd=folder)
+    assert ft.returncode == 0, ft.stderr
+    ckpt = next((folder / "cv" / "rk").glob("ckpt_E_1_*.t7"))
+    saved = torch.load(ckpt, weights_only=True)
+    assert set(saved["agent"]) == {"_extra_state"} and saved["args"]["policy"] == "randomk"
+    assert "_S_7.00_" in ckpt.name  # seven blocks for every image
+    test = load_script("test")
+    out = run_main(test, *common, "--load", ckpt, "--json", "rk.json", "--time_images", "0", cwd=folder)
+    assert out.returncode == 0, out.stderr
+    assert "Block Usage: 7.000 ± 0.000" in out.stdout  # the recorded policy, by default
+    assert json.loads((folder / "rk.json").read_text())["policy"] == {"policy": "randomk", "k": 7, "seed": 1}
+    frozen = run_main(test, *common, "--base", "base.t7", "--policy", "firstk", "--k", "3", "--time_images", "0",
+                      cwd=folder)
+    assert "Block Usage: 3.000 ± 0.000" in frozen.stdout and "Unique Policies: 1" in frozen.stdout
+    learned = run_main(test, *common, "--load", ckpt, "--policy", "learned", cwd=folder)
+    assert "--policy randomk --k 7" in assert_one_line_error(learned)
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--policy", "firstk"], "needs --k"),
+    (["--policy", "firstk", "--k", "16"], "has 15 blocks"),
+    (["--k", "3"], "applies to --policy firstk or randomk only"),
+    (["--policy", "firstk", "--k", "-1"], "--k"),
+    (["--policy", "maxk", "--k", "3"], "--policy"),
+])
+def test_bad_policy_flags_are_one_line_and_touch_nothing(folder, flags, named):
+    before = sorted(p.name for p in folder.rglob("*"))
+    test = load_script("test")
+    for module, extra in ((test, ["--base", "base.t7"]), (finetune, ["--base", "base.t7", "--cv_dir", "cv/bad"])):
+        result = run_main(module, "--model", "R32_C10", "--data_dir", "data", "--device", "cpu", *extra, *flags,
+                          cwd=folder)
+        assert named in assert_one_line_error(result), module
+    assert sorted(p.name for p in folder.rglob("*")) == before
+
+
+def test_a_fixed_policy_with_pretrained_is_refused(folder):
+    result = run_main(finetune, "--model", "R32_C10", "--data_dir", "data", "--base", "base.t7", "--policy", "firstk",
+                      "--k", "3", "--pretrained", "x.t7", "--cv_dir", "cv/pre", cwd=folder)
+    assert "--pretrained" in assert_one_line_error(result)
+    assert not (folder / "cv" / "pre").exists() or not list((folder / "cv" / "pre").iterdir())
+
+
+def test_build_agent_is_untouched_by_fixed_policies():
+    assert getattr(build_agent(get_config("R32_C10")), "learnable", True)

@@ -1,0 +1,253 @@
+"""BlockDrop's training runs: ``fit(cfg)``, the driver of ``cl_training.py``
+(curriculum learning, the ResNet frozen) and ``finetune.py`` (joint
+finetuning), in three named steps: set up the run (its folder, a resumed
+state, the networks, data and optimizer), run the engine's loop, and return
+the last checkpoint. ``RLPhase`` is what such a run does in an epoch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from engine import Phase, Run, begin_run, evaluate, summarize, train_epochs
+from models import build_agent, build_resnet, get_config
+from rl import RLConfig, learned_blocks, train_step
+from utils.bases import load_base_for, load_policy_start
+from utils.checkpoints import checkpoint_name, load_blockdrop_checkpoint, policy_source
+from utils.cli import BlockDropError, seed_everything
+from utils.config import RESUMABLE, TrainConfig
+from utils.data import get_datasets
+from utils.distributed import Processes, broadcast, main_print, setup, teardown
+from utils.runstate import RunState, prepare_run_folder
+from utils.runtime import amp_dtype, channels_layout, data_loaders, grad_scaler, parallelize
+
+# --------------------------------------------------------------------------
+# BlockDrop's phase: curriculum learning or joint finetuning
+# --------------------------------------------------------------------------
+FIGURES = ("reward", "acc", "blocks", "blocks_std", "unique")  # saved in every checkpoint, beside the networks
+TB_NAMES = {"acc": "accuracy", "reward": "reward", "blocks": "sparsity",
+            "blocks_std": "variance", "unique": "unique_policies"}
+
+
+def _figures(stats: dict) -> str:
+    return (f"A: {stats['acc']:.3f} | R: {stats['reward']:.2E} | S: {stats['blocks']:.3f} | "
+            f"V: {stats['blocks_std']:.3f} | #: {stats['unique']}")
+
+
+def log_line(epoch: int, stats: dict) -> str:
+    """The train line ``E: %d | A: %.3f | R: %.2E | S: %.3f | V: %.3f | #: %d`` (SPEC section 6)."""
+    return f"E: {epoch} | {_figures(stats)}"
+
+
+def test_line(stats: dict) -> str:
+    """The test line ``TS - A: %.3f | R: %.2E | S: %.3f | V: %.3f | #: %d``: as in the original, no epoch."""
+    return f"TS - {_figures(stats)}"
+
+
+class RLPhase(Phase):
+    """Curriculum learning (``cfg.joint`` False: the ResNet frozen, only the
+    policy learns, the last blocks first) or joint finetuning (both networks,
+    every block, the cross-entropy added). ``nets`` are on the device already."""
+
+    def __init__(self, cfg, nets, procs: Processes, testloader, layout, precision, optimizer, schedule):
+        self.cfg, self.procs, self.testloader, self.layout = cfg, procs, testloader, layout
+        self.optimizer, self.schedule = optimizer, schedule
+        self.models = {"agent": nets.agent, **({"resnet": nets.resnet} if cfg.joint else {})}
+        learnable = getattr(nets.agent, "learnable", True)  # FirstK and RandomK have no weights
+        trained = ([nets.agent] if learnable else []) + ([nets.resnet] if cfg.joint else [])
+        frozen = ([] if learnable else [nets.agent]) + ([] if cfg.joint else [nets.resnet])
+        wrapped = dict(zip(map(id, trained + frozen), parallelize(procs, cfg.parallel, trained, frozen)))
+        self.agent, self.resnet = wrapped[id(nets.agent)], wrapped[id(nets.resnet)]
+        self.rl = RLConfig(alpha=cfg.alpha, penalty=cfg.penalty, beta=cfg.beta, joint=cfg.joint,
+                           execution="per_image" if cfg.per_image else None, world_size=procs.world_size,
+                           amp=precision)
+        self.scaler = grad_scaler(precision)
+        self.num_blocks = nets.agent.num_blocks
+        self.learned = self.num_blocks
+
+    def begin_epoch(self, epoch: int) -> None:
+        if epoch % self.cfg.epoch_step == 0:
+            main_print(f"# setting learning_rate to {self.optimizer.param_groups[0]['lr']:.2E}")
+        if not self.cfg.joint:
+            self.learned = learned_blocks(epoch, self.num_blocks, self.cfg.cl_step)
+            main_print(f"training the last {self.learned} blocks ...")
+        self.agent.train()
+        self.resnet.train(self.cfg.joint)  # curriculum: the ResNet stays in eval mode, frozen
+
+    def step(self, inputs, targets):
+        out = train_step(self.agent, self.resnet, inputs, targets, self.optimizer, self.learned, self.rl, self.scaler)
+        return {"reward": out["reward"], "correct": out["correct"], "policy": out["policy"]}
+
+    def train_figures(self, rows):
+        return summarize(rows["correct"], rows["reward"], rows["policy"])
+
+    def tested(self, epoch: int) -> bool:
+        return epoch % self.cfg.test_every == 0
+
+    def evaluate(self, epoch: int) -> dict:
+        return evaluate(self.agent, self.resnet, self.testloader, self.procs.device, self.learned, self.cfg.penalty,
+                        procs=self.procs, amp=self.rl.amp, layout=self.layout)
+
+    def log(self, logger, epoch, train=None, test=None):
+        for split, stats in (("train", train), ("test", test)):
+            if stats is not None:
+                line = log_line(epoch, stats) if split == "train" else test_line(stats)
+                logger.log(epoch, line, {f"{split}_{name}": stats[key] for key, name in TB_NAMES.items()},
+                           {"split": split, "epoch": epoch, **stats})
+
+    def saved_figures(self, figures: dict) -> dict:
+        return {k: figures[k] for k in FIGURES}
+
+    def checkpoint_name(self, epoch: int, figures: dict) -> str:
+        return checkpoint_name(epoch, figures["acc"], figures["reward"], figures["blocks"], figures["unique"])
+
+
+# --------------------------------------------------------------------------
+# set-up
+# --------------------------------------------------------------------------
+def open_folder(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, tuple[Path, RunState] | None]:
+    """The run folder checked (by the main process; the others wait for it) and,
+    with ``--resume``, the newest saved state and the run's own flags."""
+    cv_dir = Path(cfg.cv_dir)
+    continuing = bool(cfg.load) and Path(cfg.load).resolve().parent == cv_dir.resolve()
+    broadcast(procs, prepare_run_folder(cv_dir, cfg.resume, cfg.restart, continuing) if procs.is_main else None)
+    if not cfg.resume:
+        return cfg, None
+    path, state = RunState.newest(cv_dir)
+    cfg = cfg.with_flags(state.continued_flags(cfg.flags(), cfg.given, RESUMABLE, path))
+    main_print(f"resuming the run in {cv_dir} after epoch {state.epoch} ({path.name})")
+    return cfg, (path, state)
+
+
+def check_flags(cfg: TrainConfig) -> None:
+    """Flags that cannot go together, refused before anything on disk changes."""
+    if cfg.policy != "learned" and cfg.pretrained:
+        raise BlockDropError(f"--pretrained starts a policy network, and --policy {cfg.policy} uses none: "
+                             "give one of the two")
+    policy_source(get_config(cfg.model), cfg.policy, cfg.k)  # --k given where it applies, and in range
+
+
+@dataclass
+class Networks:
+    agent: nn.Module
+    resnet: nn.Module
+    start_epoch: int
+    checkpoint: dict | None  # the checkpoint continued (--load or --resume)
+    checkpoint_path: Path | None
+    policy_start: str
+    base: dict | None  # the base the ResNet was trained from: path and SHA-256
+
+
+def build_networks(cfg: TrainConfig, resumed: tuple[Path, RunState] | None = None) -> Networks:
+    """The ResNet and the agent, built in the original's order (so that a seeded
+    run draws the same random numbers), then filled: from the checkpoint
+    continued (--resume's state or --load: agent, and ResNet when finetuned),
+    the base (the one a checkpoint records, else --base or the default),
+    --pretrained's agent, or the agent's own start."""
+    config = get_config(cfg.model)
+    resnet, agent = build_resnet(config), build_agent(config)
+    if cfg.policy != "learned":  # a baseline in the policy network's place, which was built for the random stream
+        agent = policy_source(config, cfg.policy, cfg.k, cfg.seed or 0)
+    start_epoch, checkpoint, path = 0, None, None
+    if resumed or cfg.load:
+        path, obj = (resumed[0], resumed[1].to_dict()) if resumed else (Path(cfg.load), None)
+        checkpoint = load_blockdrop_checkpoint(path, config.name, agent, resnet if cfg.joint else None, obj)
+        start_epoch = int(checkpoint.get("epoch", -1)) + 1
+        if resumed and not getattr(agent, "learnable", True):
+            agent.load_state_dict(resumed[1].networks["agent"])  # RandomK's draws go on where they stopped
+        main_print(f"loaded agent from {path}")
+    pretrained = None
+    if cfg.joint and cfg.pretrained and checkpoint is None:
+        pretrained = load_blockdrop_checkpoint(Path(cfg.pretrained), config.name, agent, None)
+        main_print(f"loaded pretrained model from {cfg.pretrained}")
+    if cfg.joint and checkpoint and checkpoint["has_resnet"]:
+        base = checkpoint.get("base")  # the finetuned ResNet is in the checkpoint; its base stays on record
+    else:
+        recorded, source = (checkpoint, path) if checkpoint else (pretrained, cfg.pretrained)
+        base = load_base_for(resnet, config, cfg.base, (recorded or {}).get("base"), source)
+    if resumed:
+        policy_start = resumed[1].args.get("policy_start", "")
+    elif cfg.load or pretrained:
+        policy_start = f"agent of {cfg.load or cfg.pretrained}"
+    elif not getattr(agent, "learnable", True):
+        policy_start = agent.start
+    else:
+        policy_start = agent.start if config.arch == "cifar" else load_policy_start(agent)
+    return Networks(agent, resnet, start_epoch, checkpoint, path, policy_start, base)
+
+
+def make_optimizer(cfg: TrainConfig, nets: Networks) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """Adam over the agent (and the ResNet when finetuning), its state restored
+    from the checkpoint continued, and the original's schedule
+    ``lr * lr_decay_ratio ** (epoch // epoch_step)`` from the epoch the run
+    starts. A LambdaLR of that formula, not StepLR: StepLR multiplies the rate
+    step by step, which differs from the formula in the last bit after two decays."""
+    params = list(nets.agent.parameters()) + (list(nets.resnet.parameters()) if cfg.joint else [])
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.wd)
+    saved = (nets.checkpoint or {}).get("optimizer")
+    if isinstance(saved, dict):
+        try:
+            optimizer.load_state_dict(saved)
+        except (ValueError, KeyError) as exc:
+            raise BlockDropError(f"{nets.checkpoint_path}: its optimizer state does not fit this run ({exc}); "
+                                 "it was saved by a run of other networks or another phase") from exc
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = cfg.lr
+    schedule = LambdaLR(optimizer, lambda epoch: cfg.lr_decay_ratio ** (epoch // cfg.epoch_step),
+                        last_epoch=nets.start_epoch - 1)
+    return optimizer, schedule
+
+
+# --------------------------------------------------------------------------
+# the driver
+# --------------------------------------------------------------------------
+def fit(cfg: TrainConfig, datasets: tuple | None = None) -> dict:
+    """Curriculum learning or joint finetuning, as ``cfg`` says. After every
+    epoch the run's state is saved as ``cv_dir/last.t7``; at every
+    ``test_every``-th epoch and the last one the test set is evaluated and
+    ``ckpt_E_...t7`` written. Returns the last evaluation and checkpoint.
+    ``datasets`` (train, test) replaces the configuration's data sets (for
+    experiments on data of one's own). Under torchrun every process trains its
+    share and only the main one writes."""
+    procs = setup(cfg.device)
+    try:
+        run, phase, trainloader = set_up(cfg, datasets, procs)
+        return train_epochs(begin_run(run), phase, trainloader)
+    finally:
+        teardown(procs)
+
+
+def set_up(cfg: TrainConfig, datasets: tuple | None, procs: Processes) -> tuple[Run, RLPhase, object]:
+    """Everything before the first epoch, in the order that keeps a seeded run
+    on the original's random stream."""
+    device = procs.device
+    check_flags(cfg)
+    cfg, resumed = open_folder(cfg, procs)
+    if cfg.penalty > 0:
+        main_print(f"note: --penalty {cfg.penalty:g} is positive: a wrong prediction is then rewarded")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the original; the convolutions' shapes repeat
+    seed_everything(cfg.seed)
+    nets = build_networks(cfg, resumed)
+    if procs.distributed and cfg.seed is not None:
+        torch.manual_seed(cfg.seed + procs.rank)  # the same networks, then each process its own samples
+    trainset, testset = datasets or get_datasets(get_config(cfg.model), cfg.data_dir)
+    trainloader, testloader = data_loaders(trainset, testset, procs, cfg.batch_size, cfg.workers, cfg.seed)
+    layout = channels_layout(cfg.memory_format, device)
+    nets.agent.to(device, memory_format=layout)
+    nets.resnet.to(device, memory_format=layout)
+    if not cfg.joint:
+        nets.resnet.requires_grad_(False)
+    optimizer, schedule = make_optimizer(cfg, nets)
+    phase = RLPhase(cfg, nets, procs, testloader, layout, amp_dtype(cfg.amp, device), optimizer, schedule)
+    first_epoch = resumed[1].first_epoch if resumed else nets.start_epoch
+    run = Run(Path(cfg.cv_dir), procs, {**cfg.flags(), "policy_start": nets.policy_start,
+                                        "processes": procs.world_size},
+              first_epoch, nets.start_epoch, first_epoch + cfg.max_epochs, nets.base)
+    if resumed:  # the random streams go on where the run left them
+        resumed[1].restore_rng(procs.rank, procs.world_size)
+    return run, phase, trainloader

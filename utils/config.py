@@ -1,0 +1,70 @@
+"""A training run's configuration: the flags of ``cl_training.py`` and
+``finetune.py`` (SPEC sections 4 and 5, plus the new ones) as one typed value."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields, replace
+
+# Flags that may differ when a run is resumed: they change how long it runs, or
+# on what hardware and how fast, not the recipe.
+RESUMABLE = frozenset({"max_epochs", "workers", "device", "parallel", "amp", "memory_format"})
+
+
+@dataclass
+class TrainConfig:
+    """A training run: the scripts' flags and which of the two phases it is
+    (``joint``: finetuning, else curriculum learning)."""
+
+    joint: bool
+    model: str = "R110_C10"
+    data_dir: str = "data/"
+    cv_dir: str = "cv/tmp/"
+    load: str | None = None
+    pretrained: str | None = None  # finetuning only: the curriculum checkpoint's agent
+    base: str | None = None
+    lr: float = 1e-3
+    beta: float = 0.1
+    wd: float = 0.0
+    batch_size: int = 256
+    epoch_step: int = 10000
+    max_epochs: int = 10000
+    lr_decay_ratio: float = 0.1
+    cl_step: int = 1
+    penalty: float = -1.0
+    alpha: float = 0.8
+    parallel: bool = False
+    device: str | None = None
+    seed: int | None = None
+    workers: int = 4
+    test_every: int = 10
+    per_image: bool = False  # finetuning only: train with per-image execution instead of the masked form
+    policy: str = "learned"  # finetuning only: the policy network, or a fixed baseline policy (firstk, randomk)
+    k: int | None = None  # finetuning only: the blocks a fixed policy keeps
+    amp: bool = False  # mixed precision on CUDA
+    memory_format: str = "auto"  # auto (channels-last on CUDA), channels_last or contiguous
+    resume: bool = False  # continue the run in cv_dir from its newest complete state
+    restart: bool = False  # start a new run in a cv_dir that holds one, setting the earlier one aside
+    given: frozenset = frozenset()  # the flags given on the command line
+
+    def __post_init__(self):
+        self.policy = self.policy or "learned"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, joint: bool) -> TrainConfig:
+        names = {f.name for f in fields(cls)} - {"given"}
+        return cls(joint=joint, given=frozenset(getattr(args, "_given", ())),
+                   **{k: v for k, v in vars(args).items() if k in names})
+
+    def flags(self) -> dict:
+        """The run's flags, as ``args.txt`` and the checkpoints record them."""
+        out = asdict(self)
+        for name in ("joint", "resume", "restart", "given"):
+            del out[name]
+        if not self.joint:  # flags of finetune.py only
+            for name in ("pretrained", "per_image", "policy", "k"):
+                del out[name]
+        return out
+
+    def with_flags(self, values: dict) -> TrainConfig:
+        return replace(self, **{k: v for k, v in values.items() if k in self.flags()})

@@ -1,0 +1,172 @@
+"""Files that are never half-written and never run code: atomic writes (a
+temporary file beside the target, then ``os.replace``), the checks of output
+paths made before any work, and the one safe way to read a ``.t7`` file
+(``torch.load(..., weights_only=True)``), whose every failure is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .cli import BlockDropError
+
+_UMASK = os.umask(0)  # read once, at import, before any thread (TensorBoard's writer) runs
+os.umask(_UMASK)
+
+
+# --------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------
+def write_atomically(path: Path, write: Callable[[str], None]) -> Path:
+    """``write`` a temporary file beside ``path``, then ``os.replace`` it into place:
+    a killed job never leaves a half-written file under the real name. The file
+    gets the permissions an ordinary ``open`` would give it (mkstemp's are 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return write_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def save_checkpoint(obj: dict, path: Path) -> Path:
+    """``torch.save``, atomically."""
+    return write_atomically(path, lambda tmp: torch.save(obj, tmp))
+
+
+def same_file_atomically(source: Path, path: Path) -> Path:
+    """``path`` holds the same bytes as ``source`` (a hard link: no second write of
+    a large checkpoint; a copy where links are not possible), put in place atomically."""
+    def link(tmp: str) -> None:
+        Path(tmp).unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    return write_atomically(path, link)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def save_args(args: dict, cv_dir: Path) -> None:
+    """The run's arguments, one ``name: value`` per line, in ``cv_dir/args.txt``."""
+    text = "".join(f"{k}: {v}\n" for k, v in sorted(args.items()) if not k.startswith("_"))
+    atomic_write_bytes(Path(cv_dir) / "args.txt", text.encode())
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files that a write killed half-way left behind."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+# --------------------------------------------------------------------------
+# output paths, checked before any work
+# --------------------------------------------------------------------------
+def writable_folder(path: Path, flag: str, create: bool = True) -> Path:
+    """``path`` as a folder that can be written (made when ``create``; else only
+    checked: it or the nearest folder above it that exists must be writable),
+    or one BlockDropError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BlockDropError(f"{flag} {path}: is a file, not a folder")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BlockDropError(f"{flag} {path}: cannot be created ({exc.strerror})") from exc
+    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise BlockDropError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BlockDropError(f"{flag} {path}: {existing} is not writable")
+    return path
+
+
+def writable_file(path: Path, flag: str) -> Path:
+    """``path`` as a file that can be written, checked before any work, or one BlockDropError."""
+    path = Path(path)
+    if path.is_dir():
+        raise BlockDropError(f"{flag} {path}: is a folder; give a file name")
+    writable_folder(path.parent, flag, create=False)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BlockDropError(f"{flag} {path}: is not writable")
+    return path
+
+
+# --------------------------------------------------------------------------
+# reading: weights only, every failure one line naming the file
+# --------------------------------------------------------------------------
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def converted_path(path: Path) -> Path:
+    """Where ``convert_base.py`` writes the plain state dict of a pickled file."""
+    return Path(path).with_name(Path(path).name + ".weights.t7")
+
+
+def load_state_file(path: Path) -> object:
+    """``torch.load`` with ``weights_only=True`` onto the CPU (files saved on a
+    GPU and files in the legacy non-zip format both load). Any failure to read
+    is one BlockDropError naming the file and the cause."""
+    path = Path(path)
+    if not path.exists():
+        raise BlockDropError(f"{path}: no such file")
+    if not path.is_file():
+        raise BlockDropError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise BlockDropError(f"{path}: the file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            raise BlockDropError(
+                f"{path}: holds pickled Python objects (for example a whole nn.Module), which a safe load "
+                f"refuses because unpickling them can run code; if you trust this file, convert it once with "
+                f"'python convert_base.py {path}' (it writes {converted_path(path).name}, a plain state dict, "
+                "beside it) and use that"
+            ) from exc
+        raise BlockDropError(f"{path}: {_unreadable(path)}") from exc
+    except Exception as exc:  # a damaged file fails anywhere in torch's reader; the cause stays chained
+        raise BlockDropError(f"{path}: {_unreadable(path)}") from exc
+
+
+def _unreadable(path: Path) -> str:
+    """What a file that torch cannot read looks like, in words."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(b"PK\x03\x04"):
+        return "a truncated or damaged PyTorch checkpoint (its zip archive cannot be read)"
+    if head.startswith(b"\x80"):
+        return "a truncated or damaged PyTorch checkpoint (legacy format)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a PyTorch checkpoint (an unknown binary format)"
+    return "a text file, not a PyTorch checkpoint"

@@ -1,0 +1,205 @@
+"""A training run's state, in one home: what it saves after every epoch
+(networks, optimizer, epoch, random generators, base, arguments), how it is
+read back and continued (``--resume``), and the run folder's rules (one run
+per folder; ``--restart`` sets an earlier one aside)."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cli import BlockDropError
+from .distributed import main_print
+from .files import (
+    load_state_file,
+    remove_partial_writes,
+    same_file_atomically,
+    save_checkpoint,
+    writable_folder,
+)
+
+LAST = "last.t7"  # the newest complete state of a run, written after every epoch
+
+
+# --------------------------------------------------------------------------
+# the random number generators, as tensors (weights_only loading admits no numpy arrays)
+# --------------------------------------------------------------------------
+def rng_state() -> dict:
+    """The states of torch's (CPU and CUDA), numpy's and Python's generators."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "random": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    r = state["random"]
+    random.setstate((r["version"], tuple(int(v) for v in r["internal"].tolist()), r["gauss_next"]))
+
+
+def _plain(value) -> bool:
+    """A value a weights-only load reads back: a number, string, bool, None, or a list of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (str, int, float, bool, type(None)))
+
+
+# --------------------------------------------------------------------------
+# the state
+# --------------------------------------------------------------------------
+@dataclass
+class RunState:
+    """Everything a run needs to go on after its last complete epoch. Saved as a
+    dict whose first entries are the authors' (``agent``, ``resnet`` when it
+    was trained, ``epoch``, ``reward``, ``acc``), so every BlockDrop checkpoint
+    is also a run state."""
+
+    epoch: int  # the last epoch completed
+    networks: dict[str, dict]  # "agent" and/or "resnet": state dicts without a ``module.`` prefix
+    optimizer: dict
+    args: dict  # the run's flags, as args.txt holds them
+    rng: list[dict]  # each process's generators, in rank order
+    first_epoch: int
+    end_epoch: int
+    base: dict | None = None  # the base ResNet trained from: path and SHA-256
+    figures: dict = field(default_factory=dict)  # the epoch's figures (the test's when it was tested)
+
+    def to_dict(self) -> dict:
+        return {
+            **self.networks, "epoch": self.epoch, **self.figures, "optimizer": self.optimizer,
+            "args": {k: v for k, v in self.args.items() if _plain(v)},
+            "rng": self.rng[0], "rng_processes": self.rng if len(self.rng) > 1 else None,
+            "base": self.base, "first_epoch": self.first_epoch, "end_epoch": self.end_epoch,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: object) -> RunState | None:
+        """The state a file's contents hold, or None (an authors' checkpoint holds none)."""
+        if not (isinstance(obj, dict) and {"rng", "optimizer", "args"} <= obj.keys()
+                and isinstance(obj.get("epoch"), int)):
+            return None
+        networks = {k: obj[k] for k in ("agent", "resnet") if isinstance(obj.get(k), dict)}
+        known = {"epoch", "optimizer", "args", "rng", "rng_processes", "base", "first_epoch", "end_epoch", *networks}
+        return cls(epoch=obj["epoch"], networks=networks, optimizer=obj["optimizer"], args=obj["args"],
+                   rng=obj.get("rng_processes") or [obj["rng"]], first_epoch=obj.get("first_epoch", 0),
+                   end_epoch=obj.get("end_epoch", obj["epoch"]), base=obj.get("base"),
+                   figures={k: v for k, v in obj.items() if k not in known})
+
+    def save(self, cv_dir: Path, name: str | None = None) -> Path:
+        """``cv_dir/last.t7``, atomically; with ``name``, the state is written
+        under that name and ``last.t7`` is the same file."""
+        if name is None:
+            return save_checkpoint(self.to_dict(), Path(cv_dir) / LAST)
+        path = save_checkpoint(self.to_dict(), Path(cv_dir) / name)
+        same_file_atomically(path, Path(cv_dir) / LAST)
+        return path
+
+    @classmethod
+    def newest(cls, cv_dir: Path) -> tuple[Path, RunState]:
+        """The newest complete state of the run in ``cv_dir``: ``last.t7`` or, when
+        it cannot be read, the checkpoint of the highest epoch that holds a run state."""
+        cv_dir = Path(cv_dir)
+        ckpts = sorted(cv_dir.glob("ckpt_E_*.t7"), key=_epoch_of, reverse=True)
+        for path in [cv_dir / LAST, *ckpts]:
+            if not path.is_file():
+                continue
+            try:
+                state = cls.from_dict(load_state_file(path))
+            except BlockDropError:
+                continue  # not complete: the next one
+            if state is not None:
+                return path, state
+        raise BlockDropError(f"--resume: {cv_dir} holds no run to resume (no {LAST} or checkpoint with a run state)")
+
+    def continued_flags(self, flags: dict, given: frozenset, resumable: frozenset, path: Path) -> dict:
+        """The run's own flags, with those of ``resumable`` that were given again
+        (``flags``: this invocation's); any other flag given again must agree."""
+        for name in sorted(given - resumable - {"resume", "cv_dir"}):
+            if name in self.args and flags.get(name) != _as_saved(self.args[name]):
+                raise BlockDropError(
+                    f"--resume: --{name} {flags.get(name)} contradicts the run's {self.args[name]} ({path}); "
+                    f"only {', '.join('--' + n for n in sorted(resumable))} may change when a run is resumed")
+        values = {name: _as_saved(self.args[name]) for name in flags if name in self.args}
+        values.update({name: flags[name] for name in given & resumable})
+        return values
+
+    def restore_rng(self, rank: int, world_size: int) -> None:
+        """This process's generators, where the run left them (the main process's
+        when the number of processes changed)."""
+        restore_rng(self.rng[rank] if len(self.rng) == world_size else self.rng[0])
+
+
+def _as_saved(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _epoch_of(path: Path) -> int:
+    name = path.name
+    try:
+        return int(name.split("_")[2])
+    except (IndexError, ValueError):
+        return -1
+
+
+# --------------------------------------------------------------------------
+# the run folder
+# --------------------------------------------------------------------------
+def run_files(cv_dir: Path) -> list[Path]:
+    """The files by which a folder holds a training run."""
+    cv_dir = Path(cv_dir)
+    return sorted([*cv_dir.glob("ckpt_E_*.t7"), *cv_dir.glob(LAST), *cv_dir.glob("metrics.jsonl")])
+
+
+def set_aside(files: list[Path], folder: Path) -> Path:
+    """Move an earlier run's files (and its log/ and args.txt) into ``folder/earlier-<time>/``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    kept = Path(folder) / f"earlier-{stamp}"
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = Path(folder) / f"earlier-{stamp}-{n}"
+    kept.mkdir()
+    for path in [*files, Path(folder) / "args.txt", Path(folder) / "log"]:
+        if path.exists():
+            path.rename(kept / path.name)
+    return kept
+
+
+def prepare_run_folder(cv_dir: Path, resume: bool, restart: bool, continuing: bool = False,
+                       files: list[Path] | None = None) -> Path:
+    """``--cv_dir`` checked, a killed write's temporary files removed, and a new
+    run refused where another one is, unless it continues it (``--resume``, or
+    ``continuing``: the original's ``--load`` of one of its checkpoints) or
+    ``--restart`` sets the earlier one aside. ``files``: the run's files when
+    they are more than ``run_files`` finds (a base that pretrain.py wrote)."""
+    cv_dir = writable_folder(Path(cv_dir), "--cv_dir")
+    for tmp in remove_partial_writes(cv_dir):
+        main_print(f"note: removed {tmp}, left by an interrupted write")
+    earlier = run_files(cv_dir) + (files or [])
+    if earlier and not (resume or continuing):
+        if not restart:
+            raise BlockDropError(
+                f"--cv_dir {cv_dir} holds another run ({earlier[0].name}): continue it with --resume, start "
+                f"a new one there with --restart (the earlier files are moved to {cv_dir}/earlier-<time>/), "
+                "or choose another --cv_dir")
+        main_print(f"note: the earlier run's files were moved to {set_aside(earlier, cv_dir)}/")
+    return cv_dir

@@ -1,0 +1,128 @@
+"""How the networks run on the hardware, decided once per run: mixed
+precision (``--amp``), the memory format (``--memory_format``), data loaders
+(pinned, persistent, sharded under torchrun), and the wrapping of the
+networks for several GPUs. None of it changes a run on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from .data import WithIndex
+from .distributed import Processes, main_print
+
+
+# --------------------------------------------------------------------------
+# precision and memory format
+# --------------------------------------------------------------------------
+def amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """``--amp``: bfloat16 on CUDA where the GPU has it, else float16 (with a gradient scaler)."""
+    if not amp:
+        return None
+    if device.type != "cuda":
+        main_print("note: --amp applies on CUDA only; this run on the CPU stays in float32")
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def grad_scaler(precision: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """float16 needs its loss scaled against underflow; bfloat16 and float32 do not."""
+    return torch.amp.GradScaler("cuda") if precision == torch.float16 else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision for the networks' forward passes, or nothing."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None = None) -> None:
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+def channels_layout(name: str, device: torch.device) -> torch.memory_format:
+    """``--memory_format``: channels-last helps convolutions on GPUs; ``auto`` uses it on CUDA only."""
+    if name == "auto":
+        name = "channels_last" if device.type == "cuda" else "contiguous"
+    return torch.channels_last if name == "channels_last" else torch.contiguous_format
+
+
+def to_device(inputs: torch.Tensor, device: torch.device, layout=torch.contiguous_format) -> torch.Tensor:
+    return inputs.to(device, non_blocking=True).contiguous(memory_format=layout)
+
+
+def cuda_devices(device: torch.device) -> list[int]:
+    """The devices whose random streams ``torch.random.fork_rng`` must set aside."""
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+# --------------------------------------------------------------------------
+# data loaders
+# --------------------------------------------------------------------------
+def data_loaders(trainset, testset, procs: Processes, batch_size: int, workers: int, seed: int | None,
+                 test_batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
+    """Batches of (images, targets, the images' indices). One process shuffles
+    as the original does; under torchrun a DistributedSampler gives each process
+    its share of a shuffle seeded by ``--seed`` and the epoch (``set_epoch``),
+    and the test set is dealt out image by image, with no image repeated.
+    ``batch_size`` is per process. On CUDA the batches are pinned and the
+    workers persist across epochs."""
+    trainset, testset = WithIndex(trainset), WithIndex(testset)
+    cuda = procs.device.type == "cuda"
+    extra = {"num_workers": workers, "pin_memory": cuda, "persistent_workers": cuda and workers > 0}
+    test_batch_size = test_batch_size or batch_size
+    if not procs.distributed:
+        return (DataLoader(trainset, batch_size=batch_size, shuffle=True, **extra),
+                DataLoader(testset, batch_size=test_batch_size, shuffle=False, **extra))
+    sampler = DistributedSampler(trainset, num_replicas=procs.world_size, rank=procs.rank, shuffle=True,
+                                 seed=seed or 0)
+    share = Subset(testset, range(procs.rank, len(testset), procs.world_size))
+    return (DataLoader(trainset, batch_size=batch_size, sampler=sampler, **extra),
+            DataLoader(share, batch_size=test_batch_size, shuffle=False, **extra))
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """A distributed sampler shuffles by ``--seed`` and the epoch."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+
+
+def first_of_each(index: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of each index, in order of the indices
+    (a distributed sampler repeats a few images to even the processes out)."""
+    _, first = np.unique(index.numpy(), return_index=True)
+    return torch.from_numpy(np.sort(first))
+
+
+# --------------------------------------------------------------------------
+# several GPUs
+# --------------------------------------------------------------------------
+def parallelize(procs: Processes, parallel: bool, trained: list[nn.Module],
+                frozen: list[nn.Module] = ()) -> list[nn.Module]:
+    """The networks, ``trained`` then ``frozen``, wrapped for several devices.
+    Under torchrun, DistributedDataParallel for the ones that train (a frozen
+    one runs as it is). Blocks that no image of a process's batch keeps, and the
+    value head the loss never uses, leave parameters without a gradient on that
+    process: ``find_unused_parameters`` lets DDP still average the others, and
+    leaves the gradient of a parameter unused on every process untouched (as one
+    process would). ``--parallel``: nn.DataParallel over this machine's GPUs for
+    all of them, as the original did."""
+    models = [*trained, *frozen]
+    if procs.distributed:
+        ids = [procs.device.index] if procs.device.type == "cuda" else None
+        return [DDP(m, device_ids=ids, find_unused_parameters=True) for m in trained] + list(frozen)
+    if not parallel:
+        return models
+    if procs.device.type == "cuda" and torch.cuda.device_count() > 1:
+        return [nn.DataParallel(m) for m in models]
+    main_print(f"note: --parallel needs 2 or more CUDA GPUs; running on {procs.device}")
+    return models
