@@ -1,10 +1,14 @@
 """Helpers of the scripts, one module per concern; ``import utils`` gives them all.
 
 - ``utils.cli``: the error type, argument parsing and flags, running a script, device and seed;
+- ``utils.pipeline``: one script running another as its command, results kept with their settings;
 - ``utils.checkpoints``: checkpoint names, atomic writes, safe loading, bases, the policy's start;
 - ``utils.flops``: FLOPs per image;
 - ``utils.timing``: measured time per image;
 - ``utils.data``: data sets.
+
+``utils.plots`` (the figures) is imported on its own, where figures are drawn:
+matplotlib is slow to import.
 """
 
 from models import to_flat_keys, to_standard_keys
@@ -44,11 +48,9 @@ from .cli import (
     choose_device,
     downloads_allowed,
     finite_float,
-    load_script,
     nonnegative_int,
     positive_int,
     run_cli,
-    run_step,
     seed_everything,
 )
 from .data import (
@@ -67,4 +69,5 @@ from .data import (
     write_cifar10_layout,
 )
 from .flops import agent_flops, module_flops, policy_flops, resnet_flop_table
+from .pipeline import cached, content_sha256, load_script, run_step
 from .timing import seconds_per_image
