@@ -15,10 +15,6 @@ import argparse
 import time
 from pathlib import Path
 
-import cl_training
-import pretrain
-import sweep
-import visualize
 from utils.cli import (
     ArgumentParser,
     add_device_flag,
@@ -28,9 +24,9 @@ from utils.cli import (
     positive_float,
     positive_int,
     run_cli,
-    run_step,
 )
 from utils.files import writable_folder, write_json
+from utils.pipeline import run_step
 
 # The settings of the demo: the paper's recipe (alpha 0.8, beta 0.1, curriculum
 # penalty -1, finetuning penalty -5, Adam) on a schedule short enough for a CPU;
@@ -119,27 +115,26 @@ def main(args: argparse.Namespace) -> dict:
     seed = ["--seed", str(args.seed)]
     limit = ["--limit", str(args.limit)] if args.limit else []
 
-    base = run_step("pretrain.py", pretrain, common + seed + [
+    base = run_step("pretrain.py", common + seed + [
         "--epochs", str(args.base_epochs), "--milestones", *map(str, args.base_milestones),
         "--batch_size", str(args.base_batch_size), "--cv_dir", str(out / "pretrained")])
 
-    cl = run_step("cl_training.py", cl_training, common + seed + [
+    cl = run_step("cl_training.py", common + seed + [
         "--base", str(base), "--cv_dir", str(out / "cl"), "--lr", str(args.cl_lr),
         "--penalty", str(args.cl_penalty), "--batch_size", str(args.batch_size), "--cl_step", str(args.cl_step),
         "--max_epochs", str(args.cl_epochs), "--test_every", str(max(1, args.cl_epochs))])
 
-    sweep_args = sweep.get_args_parser().parse_args(common + seed + limit + [
-        "--pretrained", cl["checkpoint"], "--base", str(base), "--cv_dir", str(out / "sweep"),
-        "--penalties", *map(str, [args.penalty, *args.sweep_penalties]),
-        "--max_epochs", str(args.ft_epochs), "--lr", str(args.ft_lr),
-        "--batch_size", str(args.batch_size), "--test_every", str(max(1, args.ft_epochs)),
-        "--profile_batch_size", str(args.batch_size)])
-    print(f"\n$ python sweep.py {' '.join(_argv_of(sweep_args))}", flush=True)
-    result = sweep.run_sweep(sweep_args)
+    result = run_step("sweep.py", [  # in the order of sweep.py's flags
+        "--model", args.model, "--pretrained", cl["checkpoint"],
+        "--penalties", *map(str, [args.penalty, *args.sweep_penalties]), "--cv_dir", str(out / "sweep"),
+        "--data_dir", args.data_dir, "--base", str(base), "--max_epochs", str(args.ft_epochs),
+        "--lr", str(args.ft_lr), "--batch_size", str(args.batch_size),
+        "--test_every", str(max(1, args.ft_epochs)), *(["--device", args.device] if args.device else []),
+        *seed, "--workers", str(args.workers), *limit, "--profile_batch_size", str(args.batch_size)])
     full, ours = result["full"], result["runs"][0]
 
     figures = out / "figures"
-    vis = run_step("visualize.py", visualize, common + limit + [
+    vis = run_step("visualize.py", common + limit + [
         "--load", ours["checkpoint"], "--out", str(figures),
         "--sweep", str(out / "sweep" / "sweep.json"), "--log_dir", str(out / "log")])
 
@@ -166,16 +161,6 @@ def main(args: argparse.Namespace) -> dict:
     print(f"written: {out / 'report.txt'}, {out / 'report.json'}, figures in {figures}/, "
           f"sweep in {out / 'sweep'}/, TensorBoard logs in {out / 'log'}/ and each run's log/")
     return summary
-
-
-def _argv_of(ns: argparse.Namespace) -> list[str]:
-    argv = []
-    for key, value in vars(ns).items():
-        if value is None:
-            continue
-        values = value if isinstance(value, list) else [value]
-        argv += [f"--{key}", *map(str, values)]
-    return argv
 
 
 if __name__ == "__main__":

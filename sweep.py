@@ -17,24 +17,22 @@ import argparse
 import json
 from pathlib import Path
 
-import finetune
 from models import get_config
-from utils.bases import file_sha256, find_default_base
+from utils.bases import find_default_base
 from utils.cli import (
     ArgumentParser,
     BlockDropError,
     add_device_flag,
     add_model_flag,
-    load_script,
     nonnegative_int,
     positive_float,
     positive_int,
     run_cli,
-    run_step,
 )
 from utils.files import writable_folder, write_json
+from utils.pipeline import cached, content_sha256, run_step
+from utils.plots import save_figure, tradeoff_figure
 from utils.runstate import run_files
-from visualize import save_figure, tradeoff_figure
 
 
 def get_args_parser() -> ArgumentParser:
@@ -65,14 +63,6 @@ def penalty_dir(cv_dir: Path, penalty: float) -> Path:
     return cv_dir / f"penalty_{penalty:g}"
 
 
-def content_sha256(path: str | Path | None) -> str | None:
-    if not path:
-        return None
-    if not Path(path).is_file():
-        raise BlockDropError(f"{path}: no such file")
-    return file_sha256(path)
-
-
 def base_sha256(args: argparse.Namespace) -> str | None:
     """The content of the base ResNet the runs start from: ``--base`` or the default one."""
     return content_sha256(args.base or find_default_base(get_config(args.model)))
@@ -93,18 +83,8 @@ def profile(args: argparse.Namespace, out: Path, load: Path | None, base: str | 
     argv += ["--device", args.device] if args.device else []
     argv += ["--limit", str(args.limit)] if args.limit else []
     argv += ["--batch_size", str(args.profile_batch_size)]
-    run_step("test.py", load_script("test"), argv)  # the project's test.py, not the standard library's
+    run_step("test.py", argv)
     return json.loads(out.read_text())
-
-
-def cached(record: Path, settings: dict, compute) -> dict:
-    """The report stored in ``record`` when it was made with the same ``settings``;
-    otherwise ``compute()``, stored with them."""
-    done = json.loads(record.read_text()) if record.exists() else {}
-    if done.get("settings") != settings:
-        done = {"settings": settings, "report": compute()}
-        write_json(record, done)
-    return done["report"]
 
 
 def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path) -> dict:
@@ -116,7 +96,7 @@ def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path)
     argv += ["--device", args.device] if args.device else []
     argv += ["--seed", str(args.seed)] if args.seed is not None else []
     argv += ["--restart"] if run_files(folder) else []  # other settings: a new run, the earlier one kept aside
-    last = run_step("finetune.py", finetune, argv)
+    last = run_step("finetune.py", argv)
     return profile(args, folder / "test.json", Path(last["checkpoint"]), None)
 
 

@@ -14,30 +14,22 @@ TensorBoard (default: ``<out>/../log``, the run's ``cv_dir/log``):
 - ``tradeoff.png`` (with ``--sweep``): accuracy against FLOPs over penalties
   (the paper's Fig. 3 / 4).
 
-``policies.json`` holds the figures behind the PNGs. The plotting functions
-take plain numbers and arrays, so other scripts (a penalty sweep) can call
-``tradeoff_figure(full, runs)`` themselves.
+``policies.json`` holds the figures behind the PNGs. The drawing itself is in
+``utils.plots``, whose functions take plain numbers and arrays (``sweep.py``
+draws its curve with ``tradeoff_figure(full, runs)``).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator, PercentFormatter
 from torch.utils.data import DataLoader, Subset
 
 from engine import policy_stats, predict
@@ -54,12 +46,17 @@ from utils.cli import (
     run_cli,
 )
 from utils.data import get_datasets
-from utils.files import atomic_write_bytes, writable_folder, write_json
-
-DPI = 110
-KEPT_COLOR = "#2f5f98"
-STAGE_COLORS = ["#2f5f98", "#d9822b", "#3c8d40", "#8e44ad"]  # one per ResNet stage
-WRONG_COLOR = "#c0392b"
+from utils.files import writable_folder, write_json
+from utils.plots import (
+    blocks_hist_figure,
+    close_figure,
+    display_image,
+    easy_hard_figure,
+    keep_rate_figure,
+    policy_rows_figure,
+    save_figure,
+    tradeoff_figure,
+)
 
 
 def get_args_parser() -> ArgumentParser:
@@ -124,246 +121,9 @@ def summarize_policies(collected: dict) -> dict:
             "keep_rate": collected["policies"].double().mean(0).tolist()}
 
 
-def display_image(image: torch.Tensor, normalize: tuple | None) -> np.ndarray:
-    """A 3 x H x W test tensor as the picture it was: normalisation undone,
-    clipped to [0, 1]; H x W when the three channels are equal (grey digits)."""
-    image = image.detach().cpu().float()
-    if normalize is not None:
-        mean, std = (torch.tensor(v, dtype=image.dtype).view(-1, 1, 1) for v in normalize)
-        image = image * std + mean
-    image = image.clamp(0, 1)
-    if torch.equal(image[0], image[1]) and torch.equal(image[0], image[2]):
-        return image[0].numpy()
-    return image.permute(1, 2, 0).numpy()
-
-
 def stage_sizes_of(resnet) -> list[int]:
     """Blocks per stage, e.g. [5, 5, 5] for ResNet-32."""
     return list(Counter(s for s, _ in resnet.block_index).values())
-
-
-# --------------------------------------------------------------------------
-# figures (plain data in, a matplotlib Figure out)
-# --------------------------------------------------------------------------
-def _block_positions(stage_sizes: list[int], gap: float = 0.6) -> list[float]:
-    """Left edge of each block's cell, with a gap between stages."""
-    xs, x = [], 0.0
-    for size in stage_sizes:
-        for _ in range(size):
-            xs.append(x)
-            x += 1
-        x += gap
-    return xs
-
-
-def draw_policy(ax, policy: str, stage_sizes: list[int], label_stages: bool = True) -> None:
-    """One row of K cells, kept blocks filled, dropped ones empty, a gap and a
-    dashed line between stages."""
-    xs = _block_positions(stage_sizes)
-    stage_of = [s for s, size in enumerate(stage_sizes) for _ in range(size)]
-    for x, bit, stage in zip(xs, policy, stage_of):
-        color = STAGE_COLORS[stage % len(STAGE_COLORS)]
-        ax.add_patch(Rectangle((x + 0.08, 0.0), 0.84, 1.0, facecolor=color if bit == "1" else "white",
-                               edgecolor=color, linewidth=1.0))
-    start = 0
-    for s, size in enumerate(stage_sizes):
-        if s > 0:
-            edge = xs[start] - 0.3
-            ax.plot([edge, edge], [-0.15, 1.15], color="0.55", linestyle="--", linewidth=0.8)
-        if label_stages:
-            middle = (xs[start] + xs[start + size - 1] + 1) / 2
-            ax.text(middle, -0.25, f"stage {s + 1}", ha="center", va="top", fontsize=8, color="0.35")
-        start += size
-    ax.set_xlim(-0.2, xs[-1] + 1.2)
-    ax.set_ylim(-0.85 if label_stages else -0.3, 1.3)
-    ax.axis("off")
-
-
-def image_mosaic(images: list[np.ndarray], pad: int = 2) -> np.ndarray:
-    """Images side by side with a white gap, as one H x W x 3 array."""
-    rgb = [np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im for im in images]
-    h = max(im.shape[0] for im in rgb)
-    columns = []
-    for im in rgb:
-        framed = np.ones((h, im.shape[1] + pad, 3), dtype=np.float32)
-        framed[: im.shape[0], : im.shape[1]] = im
-        columns.append(framed)
-    return np.concatenate(columns, axis=1)[:, :-pad]
-
-
-def policy_rows_figure(rows: list[dict], stage_sizes: list[int], total_images: int,
-                       per_policy: int = 8, title: str = "") -> Figure:
-    """``policies.png``: one row per policy. Each row is a dict with ``policy``
-    (``"0110..."``), ``count``, ``accuracy`` and ``images`` (H x W or H x W x 3
-    arrays in [0, 1]) and optionally ``wrong`` (one bool per image: framed in red)."""
-    num_blocks = sum(stage_sizes)
-    row_height, header = 1.25, 1.2
-    height = header + row_height * len(rows)
-    fig = plt.figure(figsize=(13, height), dpi=DPI)
-    grid = fig.add_gridspec(len(rows), 2, width_ratios=[1.0, 1.15], wspace=0.06, hspace=0.45,
-                            left=0.02, right=0.98, top=1 - header / height, bottom=0.02)
-    for r, row in enumerate(rows):
-        ax = fig.add_subplot(grid[r, 0])
-        draw_policy(ax, row["policy"], stage_sizes)
-        kept = row["policy"].count("1")
-        images_word = "image" if row["count"] == 1 else "images"
-        ax.set_title(f"#{r + 1}:  {row['count']} {images_word} ({row['count'] / total_images:.1%})   "
-                     f"accuracy {row['accuracy']:.1%}   {kept} of {num_blocks} blocks",
-                     loc="left", fontsize=10)
-        ax_img = fig.add_subplot(grid[r, 1])
-        ax_img.axis("off")
-        images = row.get("images") or []
-        if images:
-            pad = 2
-            ax_img.imshow(image_mosaic(images, pad), interpolation="nearest")
-            width = images[0].shape[1] + pad
-            for j, wrong in enumerate(row.get("wrong") or []):
-                if wrong:
-                    h, w = images[j].shape[:2]
-                    ax_img.add_patch(Rectangle((j * width - 0.5, -0.5), w, h, fill=False,
-                                               edgecolor=WRONG_COLOR, linewidth=2))
-            # the same scale in every row, left-aligned, however many images a policy has
-            ax_img.set_xlim(-0.5, per_policy * width - pad - 0.5)
-            ax_img.set_anchor("W")
-        if r == 0:
-            ax_img.set_title(f"test images that take it (first {per_policy}; red frame: misclassified)",
-                             loc="left", fontsize=10)
-    fig.suptitle(title or "Most frequent policies (filled: block kept, empty: dropped)", fontsize=12)
-    return fig
-
-
-def _integer_ticks(axis, last: int, most: int = 20) -> None:
-    """Every integer 0..last as a tick when they fit, else a sparser integer locator."""
-    if last + 1 <= most:
-        axis.set_ticks(np.arange(last + 1))
-    else:
-        axis.set_major_locator(MaxNLocator(integer=True, nbins=most))
-
-
-def blocks_hist_figure(blocks_used, num_blocks: int, title: str = "") -> Figure:
-    """``blocks_hist.png``: how many test images use 0, 1, ..., K blocks, mean marked."""
-    used = np.asarray(blocks_used, dtype=np.int64)
-    counts = np.bincount(used, minlength=num_blocks + 1)[: num_blocks + 1]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=DPI)
-    ax.bar(np.arange(num_blocks + 1), counts, width=0.85, color=KEPT_COLOR, edgecolor="white")
-    mean = float(used.mean()) if len(used) else float("nan")
-    ax.axvline(mean, color=WRONG_COLOR, linestyle="--", linewidth=1.5,
-               label=f"mean {mean:.2f} blocks" + (f" (sd {used.std(ddof=1):.2f})" if len(used) > 1 else ""))
-    ax.set_xlim(-0.8, num_blocks + 0.8)
-    _integer_ticks(ax.xaxis, num_blocks)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(f"blocks used per image (of {num_blocks})")
-    ax.set_ylabel("test images")
-    ax.set_title(title or "Blocks used per image")
-    ax.legend(loc="upper left", frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def keep_rate_figure(keep_rate, stage_sizes: list[int], title: str = "") -> Figure:
-    """``keep_rate.png``: share of test images that run each block, one bar per
-    block coloured by stage, stage boundaries dashed."""
-    rates = np.asarray(keep_rate, dtype=np.float64)
-    stage_of = [s for s, size in enumerate(stage_sizes) for _ in range(size)]
-    fig, ax = plt.subplots(figsize=(max(8, 0.16 * len(rates) + 3), 4.5), dpi=DPI)
-    colors = [STAGE_COLORS[s % len(STAGE_COLORS)] for s in stage_of]
-    ax.bar(np.arange(len(rates)), rates, width=0.8, color=colors)
-    start = 0
-    for s, size in enumerate(stage_sizes):
-        if s > 0:
-            ax.axvline(start - 0.5, color="0.55", linestyle="--", linewidth=0.8)
-        ax.text(start + (size - 1) / 2, 1.07, f"stage {s + 1}", ha="center", va="bottom", fontsize=9,
-                color=STAGE_COLORS[s % len(STAGE_COLORS)])
-        start += size
-    ax.set_ylim(0, 1.16)
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
-    ax.set_xlim(-0.7, len(rates) - 0.3)
-    _integer_ticks(ax.xaxis, len(rates) - 1, most=30)
-    ax.set_xlabel("block (in execution order, from 0)")
-    ax.set_ylabel("keep rate (share of test images)")
-    ax.set_title(title or "How often each block runs", pad=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def easy_hard_figure(easy: list[dict], hard: list[dict], num_blocks: int, title: str = "") -> Figure:
-    """``easy_hard.png``: two rows of images, the fewest and the most blocks.
-    Each item is a dict with ``image`` (array in [0, 1]), ``blocks``, ``correct``
-    and optionally ``pred`` and ``target`` (named when the prediction is wrong)."""
-    columns = max(len(easy), len(hard), 1)
-    fig, axes = plt.subplots(2, columns, figsize=(max(8.0, 1.25 * columns + 1.4), 4.3), dpi=DPI,
-                             squeeze=False)
-    for r, (items, heading) in enumerate(((easy, "easiest\n(fewest blocks)"), (hard, "hardest\n(most blocks)"))):
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if c == 0:
-                ax.set_ylabel(heading, fontsize=11, labelpad=10)
-            if c >= len(items):
-                continue
-            item = items[c]
-            image = item["image"]
-            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-            label = f"{item['blocks']} blocks"
-            if item["correct"]:
-                ax.set_title(label, fontsize=9)
-                continue
-            said = f"\nwrong: said {item['pred']}" if "pred" in item else "\nwrong"
-            if "pred" in item and "target" in item:
-                said += f", is {item['target']}"
-            ax.set_title(label + said, fontsize=9, color=WRONG_COLOR)
-            for spine in ax.spines.values():
-                spine.set_visible(True)
-                spine.set_edgecolor(WRONG_COLOR)
-                spine.set_linewidth(2)
-    fig.suptitle(title or f"Blocks used (of {num_blocks}) by the easiest and hardest test images", fontsize=12)
-    fig.tight_layout(h_pad=1.2)
-    return fig
-
-
-def tradeoff_figure(full: dict | None, runs: list[dict], title: str = "") -> Figure:
-    """``tradeoff.png``: accuracy against FLOPs per image over a penalty sweep,
-    as in the paper: one point per penalty (labelled gamma), joined in order of
-    FLOPs, and the full ResNet as its own marker. ``runs`` are dicts with
-    ``penalty``, ``accuracy`` (0..1) and ``flops``; ``full`` has ``accuracy``
-    and ``full_resnet_flops`` (or ``flops``), or is None."""
-    points = sorted(runs, key=lambda run: run["flops"])
-    x = [float(run["flops"]) for run in points]
-    y = [float(run["accuracy"]) for run in points]
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=DPI)
-    ax.plot(x, y, marker="o", color=KEPT_COLOR, linewidth=1.5, markersize=6, label="BlockDrop (one point per penalty)")
-    for run, xi, yi in zip(points, x, y):
-        ax.annotate(f"γ={run['penalty']:g}", (xi, yi), textcoords="offset points", xytext=(6, -12),
-                    fontsize=8, color="0.25")
-    if full:
-        full_x = float(full.get("full_resnet_flops", full.get("flops")))
-        ax.scatter([full_x], [float(full["accuracy"])], marker="*", s=180, color=WRONG_COLOR, zorder=3,
-                   label="full ResNet (runs no policy network)")
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    ax.margins(x=0.08, y=0.12)
-    ax.set_xlabel("FLOPs per image")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title or "Accuracy against FLOPs over penalties")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", frameon=False)
-    fig.tight_layout()
-    return fig
-
-
-def save_figure(fig: Figure, path: Path, close: bool = True) -> Path:
-    """PNG to a temporary file, then renamed into place."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
-    atomic_write_bytes(Path(path), buffer.getvalue())
-    if close:
-        plt.close(fig)
-    return Path(path)
 
 
 # --------------------------------------------------------------------------
@@ -449,7 +209,7 @@ def write_figures(figures: dict[str, Figure], out: Path, log_dir: Path, step: in
     finally:
         writer.close()
         for fig in figures.values():
-            plt.close(fig)
+            close_figure(fig)
     return written
 
 

@@ -36,7 +36,7 @@ from utils.data import get_datasets
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
 from utils.timing import seconds_per_image, synchronize
 
-LEVELS = [0.25, 0.3, 0.5, 0.75, 1.0]  # 30%: the level of the README's targets
+LEVELS = [0.25, 0.3, 0.5, 0.75, 1.0]  # 30%: the level of the tables in docs/speed.md
 LAYOUT = {"memory_format": torch.contiguous_format}  # --channels_last sets torch.channels_last
 
 

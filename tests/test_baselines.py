@@ -13,8 +13,8 @@ import finetune
 from conftest import assert_one_line_error, cifar_block_costs, run_main, write_cifar10
 from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config, to_standard_keys
 from rl import RLConfig, train_step
-from utils.cli import load_script
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
+from utils.pipeline import load_script
 
 K = 15  # R32: 5 blocks per stage
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import assert_one_line_error, run_main
-from utils.cli import load_script
+from utils.pipeline import load_script
 
 SCRIPTS = ["cl_training", "finetune", "test", "pretrain", "sweep", "visualize", "demo", "convert_base"]
 

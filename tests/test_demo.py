@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, assert_legible_png, run_main, script_env
 from models import build_agent, build_resnet, get_config
 from utils import digits_arrays, get_datasets
-from utils.cli import load_script
+from utils.pipeline import load_script
 
 
 def test_digits_configuration_loads_offline_with_the_right_shapes_classes_and_split():

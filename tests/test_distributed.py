@@ -18,8 +18,8 @@ from engine import evaluate
 from models import build_agent, build_resnet, get_config, to_standard_keys
 from utils.bases import load_base
 from utils.checkpoints import load_blockdrop_checkpoint
-from utils.cli import load_script
 from utils.data import WithIndex, get_datasets
+from utils.pipeline import load_script
 
 WRAPPER = Path(__file__).resolve().parent / "distributed_run.py"
 TRAIN_IMAGES, TEST_IMAGES = 25, 9  # neither divides among 2 processes

@@ -1,4 +1,4 @@
-"""Fidelity to the authors' code (SPEC section 3, README "Fidelity"): the same
+"""Fidelity to the authors' code (SPEC section 3, docs/fidelity.md): the same
 random numbers in the same order, the original's ImageNet policy start, pickled
 bases only through the one trusted conversion, and a seeded trajectory pinned.
 """
@@ -243,7 +243,7 @@ def pinned_runs(tmp_path_factory):
 # Pinned from this project's run, one CPU thread; the authors' code, run with one
 # thread on the same files and seed (patched only to run on Python 3 and the
 # CPU), printed these lines and ended with these parameters bit for bit. The
-# evaluation of the last epoch is this project's (README, "Fidelity"); it comes
+# evaluation of the last epoch is this project's (docs/fidelity.md); it comes
 # after the last step and changes nothing before it.
 PINNED_CL_LINES = [
     "# setting learning_rate to 1.00E-03",

@@ -36,7 +36,7 @@ from conftest import (
 )
 from models import build_agent, build_resnet, get_config
 from utils.checkpoints import load_blockdrop
-from utils.cli import load_script
+from utils.pipeline import load_script
 
 REPORT_LINES = [
     r"^    Accuracy: \d\.\d{3}$",

@@ -21,7 +21,7 @@ import visualize
 from conftest import ROOT, assert_one_line_error, run_main, script_env, write_cifar10
 from models import build_resnet, get_config, to_standard_keys
 from utils import load_state_file
-from utils.cli import load_script
+from utils.pipeline import load_script
 
 INTERRUPT = Path(__file__).resolve().parent / "interrupt.py"
 

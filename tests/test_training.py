@@ -328,7 +328,7 @@ def test_finetune_rejects_a_curriculum_checkpoint_of_another_configuration(tmp_p
 
 def test_scripts_import_without_running():
     scripts = ["cl_training", "finetune", "pretrain", "sweep", "visualize", "demo", "convert_base"]
-    code = f"import {', '.join(scripts)}; from utils.cli import load_script; load_script('test')"
+    code = f"import {', '.join(scripts)}; from utils.pipeline import load_script; load_script('test')"
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=script_env(), capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res.stderr
 

@@ -52,8 +52,6 @@ def visualize_command(*args) -> list[str]:
     return [sys.executable, str(VISUALIZE), *map(str, args)]
 
 
-
-
 # --------------------------------------------------------------------------
 # one set of runs for the whole module: good and bad inputs, all at once
 # --------------------------------------------------------------------------
@@ -150,19 +148,17 @@ def test_a_sweep_adds_the_tradeoff_figure(sweep_run):
 
 
 # --------------------------------------------------------------------------
-# the plotting functions, called directly
+# the plotting functions (utils.plots), called directly
 # --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def visualize():
-    import visualize as module
+def plots():
+    import utils.plots as module
 
     return module
 
 
-def test_tradeoff_line_runs_through_the_penalties_in_order_of_flops(visualize):
-    import matplotlib.pyplot as plt
-
-    fig = visualize.tradeoff_figure(SWEEP["full"], SWEEP["runs"])
+def test_tradeoff_line_runs_through_the_penalties_in_order_of_flops(plots):
+    fig = plots.tradeoff_figure(SWEEP["full"], SWEEP["runs"])
     try:
         lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata()) > 1]
         assert len(lines) == 1
@@ -173,42 +169,62 @@ def test_tradeoff_line_runs_through_the_penalties_in_order_of_flops(visualize):
         labels = {text.get_text() for text in fig.axes[0].texts}
         assert {"γ=-1", "γ=-5", "γ=-10"} <= labels
     finally:
-        plt.close(fig)
+        plots.close_figure(fig)
 
 
-def test_tradeoff_marks_the_full_resnet_apart_from_the_line(visualize):
-    import matplotlib.pyplot as plt
-
-    fig = visualize.tradeoff_figure(SWEEP["full"], SWEEP["runs"])
+def test_tradeoff_marks_the_full_resnet_apart_from_the_line(plots):
+    fig = plots.tradeoff_figure(SWEEP["full"], SWEEP["runs"])
     try:
         (points,) = fig.axes[0].collections
         assert points.get_offsets().tolist() == [[SWEEP["full"]["full_resnet_flops"], SWEEP["full"]["accuracy"]]]
     finally:
-        plt.close(fig)
+        plots.close_figure(fig)
 
 
-def test_policies_are_counted_most_frequent_first_with_their_accuracy(visualize):
+@pytest.mark.parametrize("count", [1, 3])
+def test_red_frames_surround_the_misclassified_images_and_the_view_starts_at_the_first(plots, count):
+    images = [np.full((6, 5), 0.1 * (j + 1), dtype=np.float32) for j in range(count)]  # one grey level each
+    wrong = [j == count - 1 for j in range(count)]
+    row = {"policy": "110", "count": count, "accuracy": 0.5, "images": images, "wrong": wrong}
+    fig = plots.policy_rows_figure([row], [3], total_images=10, per_policy=4)
+    try:
+        ax = next(a for a in fig.axes if a.get_images())
+        shown = ax.get_images()[0].get_array()
+        (frame,) = ax.patches
+        left, top = round(frame.get_x() + 0.5), round(frame.get_y() + 0.5)
+        assert (frame.get_width(), frame.get_height()) == (5, 6)
+        framed = shown[top: top + 6, left: left + 5]
+        assert framed.shape[:2] == (6, 5) and np.allclose(framed, 0.1 * count)  # the last image, whole
+        first_left, first_top = round(ax.get_xlim()[0] + 0.5), round(ax.get_ylim()[1] + 0.5)
+        first = shown[first_top: first_top + 6, first_left: first_left + 5]
+        assert first.shape[:2] == (6, 5) and np.allclose(first, 0.1)
+        assert ax.get_xlim()[1] - ax.get_xlim()[0] == 4 * 5 + 3 * 2  # four images and the gaps between
+    finally:
+        plots.close_figure(fig)
+
+
+def test_policies_are_counted_most_frequent_first_with_their_accuracy():
     policies = torch.tensor([[1, 0, 1], [1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 1], [1, 0, 1]], dtype=torch.int8)
     correct = torch.tensor([True, False, False, True, True, True])
-    summary = visualize.summarize_policies({"policies": policies, "correct": correct})
+    summary = visualize_script.summarize_policies({"policies": policies, "correct": correct})
     assert [(e["policy"], e["count"], e["accuracy"]) for e in summary["table"]] == [
         ("101", 3, 2 / 3), ("111", 2, 1 / 2), ("001", 1, 1.0)]
     assert summary["keep_rate"] == [5 / 6, 2 / 6, 1.0]
 
 
-def test_display_image_undoes_the_r32_c10_normalisation(visualize):
+def test_display_image_undoes_the_r32_c10_normalisation(plots):
     cfg = get_config("R32_C10")
     gen = torch.Generator().manual_seed(0)
     raw = torch.rand(3, 32, 32, generator=gen)
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in cfg.normalize)
-    shown = visualize.display_image((raw - mean) / std, cfg.normalize)
+    shown = plots.display_image((raw - mean) / std, cfg.normalize)
     assert shown.shape == (32, 32, 3)
     assert np.allclose(shown, raw.permute(1, 2, 0).numpy(), atol=1e-6)
 
 
-def test_display_image_shows_equal_channels_as_grey(visualize):
+def test_display_image_shows_equal_channels_as_grey(plots):
     grey = torch.rand(1, 32, 32).repeat(3, 1, 1)
-    assert visualize.display_image(grey, None).shape == (32, 32)
+    assert plots.display_image(grey, None).shape == (32, 32)
 
 
 # --------------------------------------------------------------------------

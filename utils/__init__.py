@@ -1,6 +1,7 @@
 """Helpers of the scripts, one module per concern; ``import utils`` gives the public ones.
 
-- ``utils.cli``: the error types, argument parsing and flags, running a script, device and seed;
+- ``utils.cli``: the error types, argument parsing and flags, device and seed;
+- ``utils.pipeline``: one script running another as its command, results kept with their settings;
 - ``utils.files``: atomic writes, output-path checks, the one safe way to read a ``.t7`` file;
 - ``utils.bases``: pretrained weights: the base ResNets (given, recorded or default) and the policy's start;
 - ``utils.checkpoints``: BlockDrop checkpoint names, reading them, "a checkpoint, then its base";
@@ -9,6 +10,9 @@
 - ``utils.logger``: log lines, TensorBoard and ``metrics.jsonl``;
 - ``utils.flops`` and ``utils.timing``: FLOPs and measured time per image;
 - ``utils.data``: data sets.
+
+``utils.plots`` (the figures) is imported on its own, where figures are drawn:
+matplotlib is slow to import.
 """
 
 from models import to_flat_keys, to_standard_keys
@@ -40,9 +44,7 @@ from .cli import (
     NonFinite,
     choose_device,
     downloads_allowed,
-    load_script,
     run_cli,
-    run_step,
     seed_everything,
 )
 from .data import (
@@ -58,4 +60,5 @@ from .data import (
 )
 from .files import atomic_write_bytes, converted_path, load_state_file, save_checkpoint, write_json
 from .flops import agent_flops, module_flops, policy_flops, resnet_flop_table
+from .pipeline import cached, content_sha256, load_script, run_step
 from .timing import seconds_per_image

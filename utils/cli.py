@@ -1,25 +1,21 @@
 """Command-line plumbing: the project's error type, the argument parser and its
-value types, the shared training flags, running a script's ``main``, and the
-device and seed decisions that the flags make."""
+value types, the shared training flags, running a script's ``main`` from the
+command line, and the device and seed decisions that the flags make."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import random
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from models import CONFIGS, POLICY_SOURCES
-
-ROOT = Path(__file__).resolve().parents[1]  # the project's folder, where the scripts are
 
 
 class BlockDropError(Exception):
@@ -163,7 +159,7 @@ def add_throughput_flags(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------
-# running scripts
+# running a script from the command line
 # --------------------------------------------------------------------------
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
             argv: Sequence[str] | None = None) -> None:
@@ -181,26 +177,6 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"{parser.prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
-
-
-def load_script(name: str):
-    """Import one of the project's top-level scripts by file (``test.py`` would
-    otherwise lose to the standard library's ``test`` package)."""
-    module_name = f"blockdrop_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_step(script: str, module, argv: list[str]):
-    """Print ``$ python <script> <argv>``, then run that script's ``main`` in this
-    process: how the pipeline scripts (demo, sweep) show each step as its command."""
-    print(f"\n$ python {script} {' '.join(map(str, argv))}", flush=True)
-    return module.main(module.get_args_parser().parse_args(list(map(str, argv))))
 
 
 # --------------------------------------------------------------------------

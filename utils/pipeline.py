@@ -1,0 +1,65 @@
+"""What the pipeline scripts (``sweep.py``, ``demo.py``) share: running another
+script as the command that reproduces it, and keeping a result with the
+settings that made it, so that a run that stopped resumes where it was.
+
+A script runs another only through ``run_step("finetune.py", argv)``: the
+other's flags, checks and ``main``, exactly as on the command line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from utils.bases import file_sha256
+from utils.cli import BlockDropError
+from utils.files import write_json
+
+ROOT = Path(__file__).resolve().parents[1]  # the project's folder, where the scripts are
+
+
+def load_script(script: str):
+    """One of the project's top-level scripts as a module, by file (``"test.py"``
+    or ``"test"``): ``test.py`` would otherwise lose to the standard library's
+    ``test`` package."""
+    name = script.removesuffix(".py")
+    module_name = f"blockdrop_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_step(script: str, argv: Sequence[object]):
+    """Print ``$ python <script> <argv>``, then run that script's ``main`` on
+    ``argv`` in this process and return what it returns."""
+    argv = [str(a) for a in argv]
+    print(f"\n$ python {script} {' '.join(argv)}", flush=True)
+    module = load_script(script)
+    return module.main(module.get_args_parser().parse_args(argv))
+
+
+def content_sha256(path: str | Path | None) -> str | None:
+    """The SHA-256 of a file a step starts from (None for no file): the file's
+    content, not its name, decides whether a stored result still holds."""
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise BlockDropError(f"{path}: no such file")
+    return file_sha256(path)
+
+
+def cached(record: Path, settings: dict, compute: Callable[[], dict]) -> dict:
+    """The report stored in ``record`` when it was made with the same ``settings``;
+    otherwise ``compute()``, stored with them."""
+    done = json.loads(record.read_text()) if record.exists() else {}
+    if done.get("settings") != settings:
+        done = {"settings": settings, "report": compute()}
+        write_json(record, done)
+    return done["report"]
