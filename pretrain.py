@@ -186,6 +186,11 @@ def train_base(args: argparse.Namespace, procs: Processes) -> Path:
     device = procs.device
     args.cv_dir = str(args.cv_dir or PRETRAINED_DIR / config.name)
     resumed = open_folder(args, procs)
+    if resumed and resumed.epoch >= args.epochs:
+        main_print(f"the run in {args.cv_dir} is complete (its last epoch, {resumed.epoch}, is done): nothing to train")
+        resnet = build_resnet(config)
+        load_weights(resnet, resumed.networks["resnet"], Path(args.cv_dir) / LAST, f"{config.name} ResNet")
+        return save_base(Path(args.cv_dir), procs, resumed.epoch, config, resnet, resumed.figures["acc"], False)
     seed_everything(args.seed)
     trainset, testset = get_datasets(config, args.data_dir)
     trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
@@ -206,7 +211,7 @@ def train_base(args: argparse.Namespace, procs: Processes) -> Path:
         resumed.restore_rng(procs.rank, procs.world_size)
         phase.figures = resumed.figures
     train_epochs(begin_run(run), phase, trainloader)
-    return save_base(run, config, resnet, phase.figures["acc"], trained=start <= args.epochs)
+    return save_base(run.cv_dir, procs, args.epochs, config, resnet, phase.figures["acc"], trained=True)
 
 
 def make_optimizer(args: argparse.Namespace, resnet, resumed: RunState | None):
@@ -222,17 +227,17 @@ def make_optimizer(args: argparse.Namespace, resnet, resumed: RunState | None):
     return optimizer, schedule
 
 
-def save_base(run: Run, config, resnet, acc: float, trained: bool) -> Path:
+def save_base(cv_dir: Path, procs: Processes, epochs: int, config, resnet, acc: float, trained: bool) -> Path:
     """The trained base, in the standard layout, as ``pk_E_<epochs>_A_<acc>.t7``
     (``acc``: the last test accuracy). A file of that name that this run did not
     write is never replaced."""
-    path = run.cv_dir / base_checkpoint_name(run.end_epoch, acc)
-    if run.procs.is_main:
+    path = cv_dir / base_checkpoint_name(epochs, acc)
+    if procs.is_main:
         if path.exists() and trained:
             raise BlockDropError(f"{path} exists and was not written by this run; the trained network is in "
-                                 f"{run.cv_dir / LAST}: move {path.name} away and run again with --resume")
+                                 f"{cv_dir / LAST}: move {path.name} away and run again with --resume")
         if not path.exists():
-            save_checkpoint({"state_dict": to_standard_keys(resnet.state_dict()), "epoch": run.end_epoch,
+            save_checkpoint({"state_dict": to_standard_keys(resnet.state_dict()), "epoch": epochs,
                              "acc": acc, "model": config.name}, path)
         main_print(f"saved {path}")
     return path

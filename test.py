@@ -57,8 +57,8 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--workers", type=nonnegative_int, default=0, help="data loader workers")
     p.add_argument("--limit", type=positive_int, default=None, help="profile only the first N test images")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
-    add_policy_flags(p, "with --load, the ResNet of that checkpoint (default: the policy the checkpoint was "
-                        "finetuned with), without it the base", seed=True)
+    add_policy_flags(p, "with --load, the ResNet of that checkpoint and, when not given, the policy it was "
+                        "finetuned under; without --load, the base", seed=True)
     return p
 
 
@@ -106,6 +106,11 @@ def measure_time(agent, resnet, dataset, device: torch.device, full: bool, image
     return {"time_images": n, "time_per_image": seconds["model"], "full_time_per_image": seconds["full"]}
 
 
+def _ms(value: float) -> str:
+    """Three significant digits, without an exponent (a second and more in whole milliseconds)."""
+    return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+
+
 def report(figures: dict) -> str:
     """The four lines of SPEC section 7, then the measured time when there is one."""
     lines = (
@@ -116,7 +121,7 @@ def report(figures: dict) -> str:
     )
     if "time_per_image" in figures:
         ms, full_ms = 1000 * figures["time_per_image"], 1000 * figures["full_time_per_image"]
-        lines += (f"\n    Time/img: {ms:.3g} ms (full ResNet {full_ms:.3g} ms): "
+        lines += (f"\n    Time/img: {_ms(ms)} ms (full ResNet {_ms(full_ms)} ms): "
                   f"{full_ms / ms:.2f}x measured, {figures['full_resnet_flops'] / figures['flops']:.2f}x in FLOPs")
     return lines
 

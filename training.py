@@ -215,18 +215,29 @@ def fit(cfg: TrainConfig, datasets: tuple | None = None) -> dict:
     share and only the main one writes."""
     procs = setup(cfg.device)
     try:
-        run, phase, trainloader = set_up(cfg, datasets, procs)
+        check_flags(cfg)
+        cfg, resumed = open_folder(cfg, procs)
+        if resumed and resumed[1].epoch >= resumed[1].first_epoch + cfg.max_epochs:
+            return already_complete(Path(cfg.cv_dir), *resumed)
+        run, phase, trainloader = set_up(cfg, resumed, datasets, procs)
         return train_epochs(begin_run(run), phase, trainloader)
     finally:
         teardown(procs)
 
 
-def set_up(cfg: TrainConfig, datasets: tuple | None, procs: Processes) -> tuple[Run, RLPhase, object]:
+def already_complete(cv_dir: Path, path: Path, state: RunState) -> dict:
+    """A resumed run with no epoch left: said in one line, nothing written; its
+    last checkpoint, as a finished run returns it."""
+    main_print(f"the run in {cv_dir} is complete (its last epoch, {state.epoch}, is done): nothing to train")
+    named = sorted(cv_dir.glob(f"ckpt_E_{state.epoch}_*.t7"))
+    return {**state.figures, "epoch": state.epoch, "checkpoint": str(named[0] if named else path)}
+
+
+def set_up(cfg: TrainConfig, resumed: tuple[Path, RunState] | None, datasets: tuple | None,
+           procs: Processes) -> tuple[Run, RLPhase, object]:
     """Everything before the first epoch, in the order that keeps a seeded run
     on the original's random stream."""
     device = procs.device
-    check_flags(cfg)
-    cfg, resumed = open_folder(cfg, procs)
     if cfg.penalty > 0:
         main_print(f"note: --penalty {cfg.penalty:g} is positive: a wrong prediction is then rewarded")
     if device.type == "cuda":

@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_one_line_error, run_main
 from utils.pipeline import load_script
 
-SCRIPTS = ["cl_training", "finetune", "test", "pretrain", "sweep", "visualize", "demo", "convert_base"]
+SCRIPTS = ["cl_training", "finetune", "test", "pretrain", "sweep", "visualize", "demo", "convert_base", "reproduce"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -26,7 +26,7 @@ def test_help_shows_each_default_once(name):
     ("test", ["--limit", "0"], "--limit"),
     ("test", ["--workers", "-1"], "--workers"),
     ("pretrain", ["--epochs", "0"], "--epochs"),
-    ("pretrain", ["--model", "R56_C10"], "R56_C10"),
+    ("pretrain", ["--model", "R57_C10"], "R57_C10"),
     ("sweep", ["--pretrained", "x.t7", "--limit", "0"], "--limit"),
     ("visualize", ["--load", "x.t7", "--top", "0"], "--top"),
     ("demo", ["--cl_epochs", "-1"], "--cl_epochs"),

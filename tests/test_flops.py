@@ -118,6 +118,28 @@ def test_policy_networks_cost_their_pinned_flops(built_models, name, flops):
 
 
 # --------------------------------------------------------------------------
+# the shallower ResNets of the same recipe (SPEC section 9), pinned like the others
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("name,n,flops", [
+    ("R8_Digits", 1, 24_478_976), ("R14_Digits", 2, 52_790_528), ("R20_Digits", 3, 81_102_080),
+    ("R26_Digits", 4, 109_413_632), ("R20_C10", 3, 81_102_080), ("R44_C10", 7, 194_348_288),
+    ("R56_C10", 9, 250_971_392),
+])
+def test_shallower_cifar_resnets_cost_their_pinned_flops_from_the_layer_shapes(tables, name, n, flops):
+    base, blocks = tables(name)
+    assert blocks == cifar_block_costs(n) and base == CIFAR_STEM + cifar_fc_flops(10)
+    assert full_cost(tables(name)) == flops
+    assert get_config(name).num_blocks == 3 * n
+
+
+def test_resnet50_costs_8178368512_flops_with_the_same_always_paid_part_as_resnet101(tables):
+    base, blocks = tables("R50_ImgNet")
+    assert len(blocks) == 16 and base == tables("R101_ImgNet")[0]  # stem, conv shortcuts and fc alike
+    assert full_cost(tables("R50_ImgNet")) == 8_178_368_512
+    assert f"{8_178_368_512:.2E}" == "8.18E+09"  # ResNet-50's usual 4.1 billion multiply-adds
+
+
+# --------------------------------------------------------------------------
 # a policy's cost: counted directly while only the kept blocks run
 # --------------------------------------------------------------------------
 def device_of(model) -> torch.device:

@@ -12,7 +12,7 @@ from conftest import randomize_bn
 from models import CONFIGS, build_agent, build_resnet, get_config
 from models.resnet import Bottleneck, FlatResNet
 
-ALL_MODELS = ["R32_C10", "R110_C10", "R32_C100", "R110_C100", "R101_ImgNet"]
+ALL_MODELS = ["R32_C10", "R110_C10", "R32_C100", "R110_C100", "R101_ImgNet"]  # SPEC section 1
 
 
 # --------------------------------------------------------------------------
@@ -119,12 +119,12 @@ def test_configuration_has_the_spec_block_count_and_classes(name, built_models):
     assert built_models(name, "agent").num_blocks == blocks
 
 
-def test_unknown_model_name_is_an_error_listing_all_five_names():
+def test_unknown_model_name_is_an_error_listing_every_configuration():
     with pytest.raises(ValueError) as info:
-        get_config("R56_C10")
+        get_config("R57_C10")
     message = str(info.value)
-    assert "R56_C10" in message
-    for name in ALL_MODELS:
+    assert "R57_C10" in message
+    for name in CONFIGS:
         assert name in message
 
 
@@ -134,6 +134,21 @@ def test_unknown_model_name_is_an_error_listing_all_five_names():
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_resnet_state_dict_keys_and_shapes_match_the_spec(name, built_models):
     assert shapes_of(built_models(name)) == EXPECTED_RESNET[name]()
+
+
+SHALLOWER = {"R8_Digits": lambda: cifar_shapes(1, 10), "R14_Digits": lambda: cifar_shapes(2, 10),
+             "R20_Digits": lambda: cifar_shapes(3, 10), "R26_Digits": lambda: cifar_shapes(4, 10),
+             "R20_C10": lambda: cifar_shapes(3, 10), "R44_C10": lambda: cifar_shapes(7, 10),
+             "R56_C10": lambda: cifar_shapes(9, 10),
+             "R50_ImgNet": lambda: imagenet_bottleneck_shapes([3, 4, 6, 3], 1000)}
+
+
+@pytest.mark.parametrize("name", SHALLOWER)
+def test_the_shallower_resnets_have_the_flat_layout_of_their_depth(name, built_models):
+    """The configurations added for the paper's shallower baselines follow section 2
+    with fewer blocks per stage; their agents decide that many blocks."""
+    assert shapes_of(built_models(name)) == SHALLOWER[name]()
+    assert built_models(name, "agent").num_blocks == get_config(name).num_blocks
 
 
 @pytest.mark.parametrize("name", ["R32_C10", "R110_C10", "R32_C100", "R110_C100"])

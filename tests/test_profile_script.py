@@ -34,7 +34,7 @@ from conftest import (
     strip_nbt,
     write_cifar10,
 )
-from models import build_agent, build_resnet, get_config
+from models import CONFIGS, build_agent, build_resnet, get_config
 from utils.checkpoints import load_blockdrop
 from utils.pipeline import load_script
 
@@ -44,7 +44,6 @@ REPORT_LINES = [
     r"^    FLOPs/img: \d\.\d\dE\+\d\d ± \d\.\d\dE[+-]\d\d$",
     r"^    Unique Policies: \d+$",
 ]
-FIVE_NAMES = ["R32_C10", "R110_C10", "R32_C100", "R110_C100", "R101_ImgNet"]
 
 # the constant policy of the R110_C10 checkpoint: every block but t % 3 == 1, and block 36
 KEEP = [t % 3 != 1 for t in range(54)]
@@ -356,7 +355,7 @@ def bad_runs(tmp_path_factory):
     files = {name: (tmp / name).read_bytes() for name in ("r32_good.t7", "half.t7", "notes.t7")}
     d = str(tmp / "data")
     cases = {
-        "unknown_model": (["--model", "R56_C10", "--data_dir", d], None),
+        "unknown_model": (["--model", "R57_C10", "--data_dir", d], None),
         "missing_load": (["--model", "R32_C10", "--load", str(tmp / "nope.t7"), "--data_dir", d], None),
         "truncated": (["--model", "R32_C10", "--load", str(tmp / "half.t7"), "--data_dir", d], None),
         "text_file": (["--model", "R32_C10", "--load", str(tmp / "notes.t7"), "--data_dir", d], None),
@@ -373,10 +372,10 @@ def bad_runs(tmp_path_factory):
     return {"results": results, "tmp": tmp, "files": files}
 
 
-def test_unknown_model_is_one_line_listing_the_five_names(bad_runs):
+def test_unknown_model_is_one_line_listing_every_configuration(bad_runs):
     line = assert_one_line_error(bad_runs["results"]["unknown_model"])
-    assert "R56_C10" in line
-    for name in FIVE_NAMES:
+    assert "R57_C10" in line
+    for name in CONFIGS:
         assert name in line
 
 

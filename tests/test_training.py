@@ -308,7 +308,7 @@ def test_training_without_a_base_says_where_it_is_expected_and_that_pretrain_mak
 
 @pytest.mark.parametrize("flags,named", [
     (["--batch_size", "0"], "--batch_size"), (["--alpha", "0.2"], "--alpha"), (["--max_epochs", "x"], "--max_epochs"),
-    (["--model", "R56_C10"], "R56_C10"), (["--lr", "nan"], "--lr"), (["--workers", "-1"], "--workers"),
+    (["--model", "R57_C10"], "R57_C10"), (["--lr", "nan"], "--lr"), (["--workers", "-1"], "--workers"),
 ])
 @pytest.mark.parametrize("script", [cl_training, finetune])
 def test_training_bad_flags_are_one_line_and_exit_2(tmp_path, script, flags, named):

@@ -141,8 +141,8 @@ def add_run_folder_flags(parser: argparse.ArgumentParser, resumable: str) -> Non
 def add_policy_flags(parser: argparse.ArgumentParser, what: str, seed: bool = False) -> None:
     """``--policy`` and ``--k``: the paper's heuristic baselines in the policy network's place."""
     parser.add_argument("--policy", choices=POLICY_SOURCES, default=None,
-                        help=f"learned: the policy network (default); firstk: the first --k blocks for every image; "
-                             f"randomk: --k blocks drawn uniformly at random per image; {what}")
+                        help=f"learned: the policy network, when not given; firstk: the first --k blocks for every "
+                             f"image; randomk: --k blocks drawn uniformly at random per image; {what}")
     parser.add_argument("--k", type=nonnegative_int, default=None, help="blocks kept by --policy firstk or randomk")
     if seed:
         parser.add_argument("--seed", type=int, default=0, help="seed of --policy randomk's draws")

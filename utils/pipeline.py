@@ -1,6 +1,7 @@
-"""What the pipeline scripts (``sweep.py``, ``demo.py``) share: running another
-script as the command that reproduces it, and keeping a result with the
-settings that made it, so that a run that stopped resumes where it was.
+"""What the pipeline scripts (``sweep.py``, ``demo.py``, ``reproduce.py``) share:
+running another script as the command that reproduces it, and keeping a
+result with the settings that made it, so that a run that stopped resumes
+where it was.
 
 A script runs another only through ``run_step("finetune.py", argv)``: the
 other's flags, checks and ``main``, exactly as on the command line.
@@ -11,12 +12,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from utils.bases import file_sha256
 from utils.cli import BlockDropError
 from utils.files import write_json
+from utils.runstate import RunState, run_files
 
 ROOT = Path(__file__).resolve().parents[1]  # the project's folder, where the scripts are
 
@@ -60,6 +63,54 @@ def cached(record: Path, settings: dict, compute: Callable[[], dict]) -> dict:
     otherwise ``compute()``, stored with them."""
     done = json.loads(record.read_text()) if record.exists() else {}
     if done.get("settings") != settings:
+        started = time.perf_counter()
         done = {"settings": settings, "report": compute()}
-        write_json(record, done)
+        write_json(record, {**done, "seconds": time.perf_counter() - started})
     return done["report"]
+
+
+def run_training(folder: Path, script: str, argv: Sequence[object], settings: dict) -> dict:
+    """A training script run once in its ``--cv_dir`` ``folder``: its stored
+    result when it finished there with the same ``settings``; continued with
+    ``--resume`` when a run of these settings was interrupted there after a
+    saved state; otherwise run afresh (``--restart`` sets an earlier run
+    aside). Returns the script's result (a base's ``path`` for pretrain.py)."""
+    folder = Path(folder)
+    record, started = folder / "step.json", folder / "started.json"
+    done = _read(record)
+    if done.get("settings") == settings:
+        return done["result"]
+    argv = [str(a) for a in argv]
+    if run_files(folder):
+        argv.append("--resume" if _read(started).get("settings") == settings and _has_state(folder) else "--restart")
+    write_json(started, {"settings": settings})
+    began = time.perf_counter()
+    result = run_step(script, argv)
+    result = {"path": str(result)} if isinstance(result, Path) else result
+    write_json(record, {"settings": settings, "result": result, "seconds": time.perf_counter() - began})
+    return result
+
+
+def recorded_seconds(folder: Path) -> float:
+    """The time the steps recorded under ``folder`` took when they ran (a resumed
+    step: its last part), whether or not they ran in this invocation."""
+    total = 0.0
+    for path in Path(folder).rglob("*.json"):
+        try:
+            seconds = json.loads(path.read_text()).get("seconds", 0.0)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue
+        total += seconds if isinstance(seconds, (int, float)) else 0.0
+    return total
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _has_state(folder: Path) -> bool:
+    try:
+        RunState.newest(folder)
+    except BlockDropError:
+        return False
+    return True

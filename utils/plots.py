@@ -258,6 +258,63 @@ def tradeoff_figure(full: dict | None, runs: list[dict], title: str = "") -> Fig
     return fig
 
 
+SERIES_COLORS = {"BlockDrop": KEPT_COLOR, "shallower ResNets": "#3c8d40", "FirstK, finetuned": "#d9822b",
+                 "RandomK, finetuned": "#8e44ad"}
+
+
+def claims_tradeoff_figure(series: dict[str, list[dict]], full: dict | None, title: str = "") -> Figure:
+    """The reproduction's trade-off: accuracy against FLOPs per image, each
+    point the mean over seeds with error bars of one standard deviation on
+    both axes. ``series`` maps a name to points (dicts with ``label``,
+    ``flops``, ``flops_std``, ``accuracy``, ``accuracy_std``), drawn joined in
+    order of FLOPs; ``full`` (``flops``, ``accuracy``) is the deep ResNet's star."""
+    fig, ax = plt.subplots(figsize=(8.5, 5.5), dpi=DPI)
+    for name, points in series.items():
+        points = sorted(points, key=lambda p: p["flops"])
+        color = SERIES_COLORS.get(name, "0.4")
+        ax.errorbar([p["flops"] for p in points], [p["accuracy"] for p in points],
+                    xerr=[p["flops_std"] for p in points], yerr=[p["accuracy_std"] for p in points],
+                    marker="o" if name == "BlockDrop" else "s", color=color, linewidth=1.5 if len(points) > 1 else 0,
+                    markersize=6, capsize=3, label=name)
+        for p in points:
+            ax.annotate(p["label"], (p["flops"], p["accuracy"]), textcoords="offset points", xytext=(6, -12),
+                        fontsize=8, color=color)
+    if full:
+        ax.scatter([full["flops"]], [full["accuracy"]], marker="*", s=180, color=WRONG_COLOR, zorder=3,
+                   label="the deep ResNet, every block")
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    ax.margins(x=0.08, y=0.1)
+    ax.set_xlabel("FLOPs per image (BlockDrop's include its policy network)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title or "Accuracy against FLOPs (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", frameon=False, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def claims_bars_figure(panels: list[tuple[str, list[tuple[str, float, float]]]], title: str = "") -> Figure:
+    """One panel per comparison (its title, and bars of (label, mean accuracy,
+    standard deviation) with error bars), side by side."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), dpi=DPI, squeeze=False)
+    for ax, (heading, bars) in zip(axes[0], panels):
+        colors = [KEPT_COLOR if i == 0 else c for i, c in enumerate(["", "#d9822b", "#8e44ad", "0.5", "0.7"][:len(bars)])]
+        ax.bar(range(len(bars)), [b[1] for b in bars], yerr=[b[2] for b in bars], capsize=4, color=colors,
+               width=0.65)
+        for i, (_, mean, _) in enumerate(bars):
+            ax.text(i, mean + 0.02, f"{mean:.1%}", ha="center", va="bottom", fontsize=9)
+        ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=9)
+        ax.set_ylim(0, 1.12)
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        ax.set_title(heading, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (mean ± std over seeds)")
+    fig.suptitle(title or "The paper's comparisons", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig: Figure, path: Path, close: bool = True) -> Path:
     """PNG to a temporary file, then renamed into place."""
     buffer = io.BytesIO()
