@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test demo lint clean
+.PHONY: venv test demo gpu-check lint clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ test: venv
 
 demo: venv
 	$(PY) demo.py
+
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
