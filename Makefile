@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test demo reproduce lint clean
+.PHONY: venv test demo reproduce gpu-check lint clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: venv
 
 reproduce: venv
 	$(PY) reproduce.py
+
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -60,7 +60,8 @@ def random_policies(n: int, k: int, keep: float, seed: int = 0) -> torch.Tensor:
 # --------------------------------------------------------------------------
 # inference
 # --------------------------------------------------------------------------
-def inference_rows(name: str, batch: int, images: int, repeats: int, device: torch.device) -> list[dict]:
+def inference_rows(name: str, batch: int, images: int, repeats: int, device: torch.device,
+                   levels: list[float] = LEVELS) -> list[dict]:
     cfg = get_config(name)
     torch.manual_seed(0)
     resnet = build_resnet(cfg).to(device, **LAYOUT).eval()
@@ -68,7 +69,7 @@ def inference_rows(name: str, batch: int, images: int, repeats: int, device: tor
     full_flops = table[0] + sum(table[1])
     x = torch.rand(images, 3, cfg.input_size, cfg.input_size, device=device).contiguous(**LAYOUT)
     rows = []
-    for keep in LEVELS:
+    for keep in levels:
         policies = random_policies(images, resnet.num_blocks, keep).to(device)
         # the policies of each batch of images, found by where the batch starts in memory
         by_batch = {b.data_ptr(): p for b, p in zip(torch.split(x, batch), torch.split(policies, batch))}
