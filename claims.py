@@ -4,8 +4,9 @@ claim in a sentence, the paper's figure (quoted as the paper's), ours as mean
 
 A difference *holds* when it is larger than twice its standard error over
 the seeds and than one test image; it is *contradicted* when it goes the
-other way by as much; otherwise it is *within noise*. With one seed there is
-no spread, and the verdict says so. ``reproduce.py`` gathers the results;
+other way by as much; otherwise it is *within noise*. A network trained once
+(the base, a shallower ResNet) counts as one value without spread; with one
+seed on both sides there is no spread at all, and the verdict says so. ``reproduce.py`` gathers the results;
 this module only reads them.
 """
 
@@ -73,7 +74,7 @@ def compare(better: Figure | Summary, worse: Figure | Summary, resolution: float
     if math.isnan(better.mean + worse.mean + better.std + worse.std):
         return "not measured"
     diff = better.mean - worse.mean
-    n = min(better.n, worse.n)
+    n = max(better.n, worse.n)  # one side may be a single network (the base, a shallower ResNet)
     se = math.sqrt(better.std ** 2 / better.n + worse.std ** 2 / worse.n)
     margin = max(2 * se, resolution)
     if n < 2:

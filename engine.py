@@ -178,8 +178,13 @@ def train_epochs(run: Run, phase: Phase, loader) -> dict:
     return last
 
 
-def begin_run(run: Run) -> Run:
-    """The main process records the arguments and opens the log."""
+def begin_run(run: Run, phase: Phase, fresh: bool) -> Run:
+    """A new run first saves its state before its first epoch, so that from its
+    first file on, a run killed at any moment can be resumed (the folder then
+    holds either no run or a run with a saved state); then the main process
+    records the arguments and opens the log."""
+    if fresh:
+        save_state(run, phase, run.start_epoch - 1, {}, tested=False)
     if run.procs.is_main:
         save_args(run.args, run.cv_dir)
         run.logger = RunLogger(run.cv_dir, run.start_epoch)

@@ -14,6 +14,7 @@ engine's training loop: the run's state after every epoch in ``last.t7``,
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from utils.cli import (
     seed_everything,
 )
 from utils.data import get_datasets
-from utils.distributed import Processes, broadcast, gather_rows, main_print, setup, teardown
+from utils.distributed import Processes, gather_rows, main_first, main_print, setup, teardown
 from utils.files import save_checkpoint
 from utils.runstate import LAST, RunState, prepare_run_folder
 from utils.runtime import (
@@ -148,26 +149,28 @@ class BasePhase(Phase):
 def main(args: argparse.Namespace) -> Path:
     procs = setup(args.device)
     try:
-        return train_base(args, procs)
+        with ExitStack() as stack:
+            return train_base(args, procs, stack)
     finally:
         teardown(procs)
 
 
-def open_folder(args: argparse.Namespace, procs: Processes) -> RunState | None:
-    """The run folder checked (``--restart`` sets an earlier run aside, with the
-    base it wrote) and, with ``--resume``, the run's newest state, whose flags
-    then replace ``args``'s."""
+def open_folder(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> RunState | None:
+    """The run folder checked and held for this run until ``stack`` closes
+    (``--restart`` sets an earlier run aside, with the base it wrote) and, with
+    ``--resume``, the run's newest state, whose flags then replace ``args``'s."""
     cv_dir = Path(args.cv_dir)
-    if procs.is_main:
-        earlier = [] if args.resume else finished_base(cv_dir)
-        prepare_run_folder(cv_dir, args.resume, args.restart, files=earlier)
-    broadcast(procs, None)
+    lock = main_first(procs, lambda: prepare_run_folder(cv_dir, args.resume, args.restart,
+                                                        files=[] if args.resume else finished_base(cv_dir)))
+    if lock:
+        stack.callback(lock.release)
     if not args.resume:
         return None
     path, state = RunState.newest(cv_dir)
     flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     vars(args).update(state.continued_flags(flags, getattr(args, "_given", frozenset()), RESUMABLE, path))
-    main_print(f"resuming the run in {cv_dir} after epoch {state.epoch} ({path.name})")
+    when = f"after epoch {state.epoch}" if state.epoch >= 1 else "before its first epoch"
+    main_print(f"resuming the run in {cv_dir} {when} ({path.name})")
     return state
 
 
@@ -181,36 +184,37 @@ def finished_base(cv_dir: Path) -> list[Path]:
     return [path] if state.epoch == state.end_epoch and path.is_file() else []
 
 
-def train_base(args: argparse.Namespace, procs: Processes) -> Path:
+def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> Path:
+    args.cv_dir = str(args.cv_dir or PRETRAINED_DIR / args.model)
+    data = None if args.resume else get_datasets(get_config(args.model), args.data_dir)  # before any file moves
+    resumed = open_folder(args, procs, stack)
     config = get_config(args.model)
-    device = procs.device
-    args.cv_dir = str(args.cv_dir or PRETRAINED_DIR / config.name)
-    resumed = open_folder(args, procs)
-    if resumed and resumed.epoch >= args.epochs:
-        main_print(f"the run in {args.cv_dir} is complete (its last epoch, {resumed.epoch}, is done): nothing to train")
-        resnet = build_resnet(config)
-        load_weights(resnet, resumed.networks["resnet"], Path(args.cv_dir) / LAST, f"{config.name} ResNet")
-        return save_base(Path(args.cv_dir), procs, resumed.epoch, config, resnet, resumed.figures["acc"], False)
-    seed_everything(args.seed)
-    trainset, testset = get_datasets(config, args.data_dir)
-    trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
-                                           test_batch_size=256)
-    layout = channels_layout(args.memory_format, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    resnet = build_resnet(config)
+    resnet = build_resnet(config) if resumed else None
     if resumed:
         load_weights(resnet, resumed.networks["resnet"], Path(args.cv_dir) / LAST, f"{config.name} ResNet")
-    resnet.to(device, memory_format=layout)
+        if resumed.epoch >= args.epochs:
+            main_print(f"the run in {args.cv_dir} is complete (its last epoch, {resumed.epoch}, is done): "
+                       "nothing to train")
+            return save_base(Path(args.cv_dir), procs, resumed.epoch, config, resnet, resumed.figures["acc"], False)
+    seed_everything(args.seed)
+    trainset, testset = data or get_datasets(config, args.data_dir)
+    trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
+                                           test_batch_size=256)
+    layout = channels_layout(args.memory_format, procs.device)
+    if procs.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if resnet is None:
+        resnet = build_resnet(config)
+    resnet.to(procs.device, memory_format=layout)
     optimizer, schedule = make_optimizer(args, resnet, resumed)
-    phase = BasePhase(resnet, procs, testloader, layout, amp_dtype(args.amp, device), optimizer, schedule)
+    phase = BasePhase(resnet, procs, testloader, layout, amp_dtype(args.amp, procs.device), optimizer, schedule)
     start = resumed.epoch + 1 if resumed else 1
     flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     run = Run(Path(args.cv_dir), procs, {**flags, "processes": procs.world_size}, 1, start, args.epochs)
     if resumed:
         resumed.restore_rng(procs.rank, procs.world_size)
         phase.figures = resumed.figures
-    train_epochs(begin_run(run), phase, trainloader)
+    train_epochs(begin_run(run, phase, fresh=resumed is None), phase, trainloader)
     return save_base(run.cv_dir, procs, args.epochs, config, resnet, phase.figures["acc"], trained=True)
 
 

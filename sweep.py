@@ -17,13 +17,15 @@ import argparse
 import json
 from pathlib import Path
 
-from models import get_config
+from models import build_agent, get_config
 from utils.bases import find_default_base
+from utils.checkpoints import load_blockdrop_checkpoint
 from utils.cli import (
     ArgumentParser,
     BlockDropError,
     add_device_flag,
     add_model_flag,
+    finite_float,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -39,7 +41,7 @@ def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="sweep.py", description="finetune and profile one BlockDrop model per penalty")
     add_model_flag(p, "R32_Digits")
     p.add_argument("--pretrained", required=True, help="curriculum checkpoint every run starts from")
-    p.add_argument("--penalties", type=float, nargs="+", default=[-1.0, -2.0, -5.0, -10.0],
+    p.add_argument("--penalties", type=finite_float, nargs="+", default=[-1.0, -2.0, -5.0, -10.0],
                    help="penalties (gamma) to finetune with")
     p.add_argument("--cv_dir", default="cv/sweep/", help="output folder")
     p.add_argument("--data_dir", default="data/", help="data set folder")
@@ -100,10 +102,22 @@ def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path)
     return profile(args, folder / "test.json", Path(last["checkpoint"]), None)
 
 
-def run_sweep(args: argparse.Namespace) -> dict:
-    cv_dir = writable_folder(Path(args.cv_dir), "--cv_dir")
+def check_inputs(args: argparse.Namespace) -> None:
+    """Everything that can be checked before any file is written: one folder per
+    penalty, the starting files there and readable."""
+    names = [penalty_dir(Path(args.cv_dir), p).name for p in args.penalties]
+    if len(set(names)) != len(names):
+        raise BlockDropError(f"--penalties {' '.join(f'{p:g}' for p in args.penalties)}: two of them are the same "
+                             "to six digits and would share a folder; give each once")
     if args.base and not Path(args.base).is_file():
         raise BlockDropError(f"--base {args.base}: no such file")
+    config = get_config(args.model)
+    load_blockdrop_checkpoint(Path(args.pretrained), config.name, build_agent(config))
+
+
+def run_sweep(args: argparse.Namespace) -> dict:
+    check_inputs(args)
+    cv_dir = writable_folder(Path(args.cv_dir), "--cv_dir")
     starts = {"pretrained_sha256": content_sha256(args.pretrained), "base_sha256": base_sha256(args)}
     full = cached(cv_dir / "full_run.json", {"model": args.model, "base_sha256": starts["base_sha256"],
                                               "data_dir": args.data_dir, "limit": args.limit,

@@ -6,6 +6,7 @@ the last checkpoint. ``RLPhase`` is what such a run does in an epoch."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from utils.checkpoints import checkpoint_name, load_blockdrop_checkpoint, policy
 from utils.cli import BlockDropError, seed_everything
 from utils.config import RESUMABLE, TrainConfig
 from utils.data import get_datasets
-from utils.distributed import Processes, broadcast, main_print, setup, teardown
+from utils.distributed import Processes, main_first, main_print, setup, teardown
 from utils.runstate import RunState, prepare_run_folder
 from utils.runtime import amp_dtype, channels_layout, data_loaders, grad_scaler, parallelize
 
@@ -100,7 +101,7 @@ class RLPhase(Phase):
                            {"split": split, "epoch": epoch, **stats})
 
     def saved_figures(self, figures: dict) -> dict:
-        return {k: figures[k] for k in FIGURES}
+        return {k: figures[k] for k in FIGURES if k in figures}  # none before the first epoch
 
     def checkpoint_name(self, epoch: int, figures: dict) -> str:
         return checkpoint_name(epoch, figures["acc"], figures["reward"], figures["blocks"], figures["unique"])
@@ -109,22 +110,32 @@ class RLPhase(Phase):
 # --------------------------------------------------------------------------
 # set-up
 # --------------------------------------------------------------------------
-def open_folder(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, tuple[Path, RunState] | None]:
-    """The run folder checked (by the main process; the others wait for it) and,
-    with ``--resume``, the newest saved state and the run's own flags."""
+def open_folder(cfg: TrainConfig, procs: Processes,
+                stack: ExitStack) -> tuple[TrainConfig, tuple[Path, RunState] | None]:
+    """The run folder checked and held for this run until ``stack`` closes (by
+    the main process; the others wait for it) and, with ``--resume``, the
+    newest saved state and the run's own flags."""
     cv_dir = Path(cfg.cv_dir)
     continuing = bool(cfg.load) and Path(cfg.load).resolve().parent == cv_dir.resolve()
-    broadcast(procs, prepare_run_folder(cv_dir, cfg.resume, cfg.restart, continuing) if procs.is_main else None)
+    lock = main_first(procs, lambda: prepare_run_folder(cv_dir, cfg.resume, cfg.restart, continuing))
+    if lock:
+        stack.callback(lock.release)
     if not cfg.resume:
         return cfg, None
     path, state = RunState.newest(cv_dir)
     cfg = cfg.with_flags(state.continued_flags(cfg.flags(), cfg.given, RESUMABLE, path))
-    main_print(f"resuming the run in {cv_dir} after epoch {state.epoch} ({path.name})")
+    when = f"after epoch {state.epoch}" if state.epoch >= state.first_epoch else "before its first epoch"
+    main_print(f"resuming the run in {cv_dir} {when} ({path.name})")
     return cfg, (path, state)
 
 
 def check_flags(cfg: TrainConfig) -> None:
-    """Flags that cannot go together, refused before anything on disk changes."""
+    """Flags that cannot go together, and files that are not there, refused
+    before anything on disk changes."""
+    for flag in ("load", "pretrained", "base"):
+        path = getattr(cfg, flag)
+        if path and not Path(path).is_file():
+            raise BlockDropError(f"--{flag} {path}: no such file")
     if cfg.policy != "learned" and cfg.pretrained:
         raise BlockDropError(f"--pretrained starts a policy network, and --policy {cfg.policy} uses none: "
                              "give one of the two")
@@ -215,12 +226,15 @@ def fit(cfg: TrainConfig, datasets: tuple | None = None) -> dict:
     share and only the main one writes."""
     procs = setup(cfg.device)
     try:
-        check_flags(cfg)
-        cfg, resumed = open_folder(cfg, procs)
-        if resumed and resumed[1].epoch >= resumed[1].first_epoch + cfg.max_epochs:
-            return already_complete(Path(cfg.cv_dir), *resumed)
-        run, phase, trainloader = set_up(cfg, resumed, datasets, procs)
-        return train_epochs(begin_run(run), phase, trainloader)
+        with ExitStack() as stack:
+            check_flags(cfg)
+            if not cfg.resume:  # the data is there before an earlier run is set aside
+                datasets = datasets or get_datasets(get_config(cfg.model), cfg.data_dir)
+            cfg, resumed = open_folder(cfg, procs, stack)
+            if resumed and resumed[1].epoch >= resumed[1].first_epoch + cfg.max_epochs:
+                return already_complete(Path(cfg.cv_dir), *resumed)
+            run, phase, trainloader = set_up(cfg, resumed, datasets, procs)
+            return train_epochs(begin_run(run, phase, fresh=resumed is None), phase, trainloader)
     finally:
         teardown(procs)
 

@@ -143,6 +143,9 @@ def load_sweep(path: Path) -> dict:
         sweep = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BlockDropError(f"--sweep {path}: not valid JSON ({exc})") from exc
+    except (RecursionError, ValueError) as exc:  # nested too deep, or a number of thousands of digits
+        raise BlockDropError(f"--sweep {path}: not a sweep file ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:120]})") from exc
     if not isinstance(sweep, dict) or not isinstance(sweep.get("runs"), list) or not sweep["runs"]:
         raise BlockDropError(f"--sweep {path}: expected an object with a non-empty 'runs' list")
     for i, run in enumerate(sweep["runs"]):

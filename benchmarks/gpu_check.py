@@ -135,14 +135,18 @@ class Report:
 # --------------------------------------------------------------------------
 # what runs, by mode
 # --------------------------------------------------------------------------
+# --quick: the paper's five configurations and the digits' (the shallower ones run the same code)
+QUICK_FORWARD = ["R32_C10", "R110_C10", "R32_C100", "R110_C100", "R101_ImgNet", "R32_Digits"]
+
+
 def plan(quick: bool) -> dict:
     """Batch sizes, steps and repeats: a few minutes on one GPU, or (quick) under a minute on a small CPU."""
     if quick:
-        return {"forward_batch": {"cifar": 4, "imagenet": 2}, "step_models": [("R32_C10", 4)],
+        return {"forward_batch": {"cifar": 4, "imagenet": 2}, "forward_models": QUICK_FORWARD, "step_models": [("R32_C10", 4)],
                 "amp": [("R32_C10", 16, 10)], "curriculum": ("R32_C10", 16, 10), "workers": 1,
                 "speed": [("R32_C10", 1, 4), ("R32_C10", 16, 16), ("R110_C10", 1, 2), ("R101_ImgNet", 1, 1)],
                 "step_speed": [("R32_C10", 16)], "repeats": 1, "compile": ("R32_C10", 16)}
-    return {"forward_batch": {"cifar": 8, "imagenet": 4},
+    return {"forward_batch": {"cifar": 8, "imagenet": 4}, "forward_models": list(CONFIGS),
             "step_models": [("R32_C10", 8), ("R110_C10", 8), ("R101_ImgNet", 4)],
             "amp": [("R32_C10", 64, 20), ("R101_ImgNet", 16, 20)], "curriculum": ("R32_C10", 64, 20), "workers": 2,
             "speed": [(name, batch, max(batch, 32 if name != "R101_ImgNet" else 16))
@@ -158,8 +162,8 @@ def run_sections(report: Report, args: argparse.Namespace, device: torch.device,
     dtype = amp_choice(device)
     for section in args.only or SECTIONS:
         if section == "forward":
-            for name, cfg in CONFIGS.items():
-                batch = sizes["forward_batch"][cfg.arch]
+            for name in sizes["forward_models"]:
+                batch = sizes["forward_batch"][CONFIGS[name].arch]
                 report.check(f"{pair}: forward", f"{name}, batch {batch}, eval",
                              lambda n=name, b=batch: forward_agreement(n, b, device, layout))
         elif section == "steps":

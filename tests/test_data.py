@@ -160,13 +160,14 @@ def test_other_cifar_models_do_not_normalise(tmp_path, name):
 # --------------------------------------------------------------------------
 # missing data
 # --------------------------------------------------------------------------
-def test_missing_cifar_with_a_failing_download_names_the_folder(tmp_path, monkeypatch):
+def test_missing_cifar_with_a_failing_download_names_the_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("BLOCKDROP_NO_DOWNLOAD", raising=False)
     data_dir = tmp_path / "nodata"
     with pytest.raises(BlockDropError) as info:
         cifar_arrays("C10", data_dir, UNREACHABLE)
     assert str(data_dir / CIFAR10_FOLDER) in str(info.value)
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]  # no half-downloaded archive left
+    assert not data_dir.exists()  # no folder made, no half-downloaded archive left
+    assert "downloading" not in capsys.readouterr().err  # nothing said before the network answered
 
 
 def test_missing_cifar_with_no_download_set_names_the_folder_and_skips_the_network(tmp_path, monkeypatch):

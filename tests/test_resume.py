@@ -18,17 +18,19 @@ import torch
 import cl_training
 import finetune
 import visualize
-from conftest import ROOT, assert_one_line_error, run_main, script_env, write_cifar10
+from conftest import assert_one_line_error, run_main, script_env, write_cifar10
 from models import build_resnet, get_config, to_standard_keys
-from utils import load_state_file
+from utils import BlockDropError, load_state_file
 from utils.pipeline import load_script
+from utils.runstate import RunState, run_files
 
 INTERRUPT = Path(__file__).resolve().parent / "interrupt.py"
 
 
-def run(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=script_env(), capture_output=True,
-                            text=True, timeout=300)
+def run(script: str, flags: list, cwd: Path) -> subprocess.CompletedProcess:
+    """``script`` with ``flags`` run to its end in this process (only the runs to be
+    killed need a process of their own)."""
+    result = run_main(load_script(script), *flags, cwd=cwd)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
@@ -68,14 +70,14 @@ def common(cv_dir: str) -> list:
 @pytest.mark.parametrize("script", ["cl_training.py", "finetune.py"])
 def test_a_run_killed_anywhere_and_resumed_ends_as_if_never_interrupted(workdir, script):
     name = Path(script).stem
-    run([ROOT / script, *common(f"cv/{name}_whole")], workdir)
+    run(script, common(f"cv/{name}_whole"), workdir)
     flags = common(f"cv/{name}_killed")
     resume = ["--resume", "--cv_dir", f"cv/{name}_killed"]
     run_and_kill("step:1:2", script, flags, workdir)  # inside epoch 1
     run_and_kill("write:2", script, resume, workdir)  # inside the second checkpoint write after resuming
     killed = workdir / "cv" / f"{name}_killed"
     assert list(killed.glob(".*.tmp")), "the kill inside a write leaves a partial temporary file"
-    final = run([ROOT / script, *resume], workdir)
+    final = run(script, resume, workdir)
     assert "resuming the run" in final.stdout and "removed" in final.stdout  # the partial file went first
 
     whole = workdir / "cv" / f"{name}_whole"
@@ -107,16 +109,16 @@ def test_a_folder_holding_a_run_is_not_overwritten_without_resume_or_restart(wor
     first = tiny(workdir, cl_training, "--base", "base.t7", "--max_epochs", "0", "--cv_dir", "cv/taken")
     assert first.returncode == 0, first.stderr
     folder = workdir / "cv" / "taken"
-    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".run.lock"}
     again = tiny(workdir, cl_training, "--base", "base.t7", "--max_epochs", "0", "--cv_dir", "cv/taken")
     line = assert_one_line_error(again)
     assert "--resume" in line and "--restart" in line
-    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before  # nothing touched
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".run.lock"} == before  # nothing touched
     restarted = tiny(workdir, cl_training, "--base", "base.t7", "--max_epochs", "0", "--cv_dir", "cv/taken",
                      "--restart")
     assert restarted.returncode == 0, restarted.stderr
     kept = [p for p in folder.iterdir() if p.name.startswith("earlier-")]
-    assert len(kept) == 1 and {p.name: p.read_bytes() for p in kept[0].iterdir() if p.is_file()} == before
+    assert len(kept) == 1 and {p.name: p.read_bytes() for p in kept[0].iterdir() if p.is_file() and p.name != ".run.lock"} == before
 
 
 def test_resume_keeps_the_runs_flags_and_refuses_a_contradicting_one(workdir):
@@ -240,11 +242,11 @@ def base_flags(cv_dir: str) -> list:
 
 @pytest.mark.slow
 def test_a_base_run_killed_and_resumed_ends_bit_identical_to_one_never_interrupted(workdir):
-    run([ROOT / "pretrain.py", *base_flags("cv/base_whole")], workdir)
+    run("pretrain.py", base_flags("cv/base_whole"), workdir)
     run_and_kill("step:2:1", "pretrain.py", base_flags("cv/base_killed"), workdir)  # inside epoch 2
     resume = ["--resume", "--cv_dir", "cv/base_killed"]
     run_and_kill("write:1", "pretrain.py", resume, workdir)  # inside the first write after resuming
-    final = run([ROOT / "pretrain.py", *resume], workdir)
+    final = run("pretrain.py", resume, workdir)
     assert "resuming the run" in final.stdout and "after epoch 1" in final.stdout
     whole, killed = workdir / "cv" / "base_whole", workdir / "cv" / "base_killed"
     bases = [sorted(folder.glob("pk_E_3_A_*.t7")) for folder in (whole, killed)]
@@ -255,7 +257,7 @@ def test_a_base_run_killed_and_resumed_ends_bit_identical_to_one_never_interrupt
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]  # each epoch logged once
     assert rows == [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
-    done = run([ROOT / "pretrain.py", *resume], workdir)  # a finished run: nothing to train, the base stays
+    done = run("pretrain.py", resume, workdir)  # a finished run: nothing to train, the base stays
     assert not [ln for ln in done.stdout.splitlines() if ln.startswith("E: ")] and bases[1][0].name in done.stdout
 
 
@@ -263,16 +265,16 @@ def test_pretrain_refuses_a_folder_holding_a_run_and_restart_sets_it_aside_with_
     flags = [*base_flags("cv/base_guard"), "--epochs", "1"]
     assert run_main(load_script("pretrain"), *flags, cwd=workdir).returncode == 0
     folder = workdir / "cv" / "base_guard"
-    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".run.lock"}
     assert any(name.startswith("pk_E_1_A_") for name in before) and "last.t7" in before
     again = run_main(load_script("pretrain"), *flags, cwd=workdir)
     line = assert_one_line_error(again)
     assert "--resume" in line and "--restart" in line
-    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before  # nothing touched
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".run.lock"} == before  # nothing touched
     restarted = run_main(load_script("pretrain"), *flags, "--restart", cwd=workdir)
     assert restarted.returncode == 0, restarted.stderr
     kept = [p for p in folder.iterdir() if p.name.startswith("earlier-")]
-    assert len(kept) == 1 and {p.name: p.read_bytes() for p in kept[0].iterdir() if p.is_file()} == before
+    assert len(kept) == 1 and {p.name: p.read_bytes() for p in kept[0].iterdir() if p.is_file() and p.name != ".run.lock"} == before
     assert len(list(folder.glob("pk_E_1_A_*.t7"))) == 1  # the new run's base, none replaced
     rows = (folder / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # a new log, not appended to the earlier one
@@ -289,3 +291,32 @@ def test_amp_and_memory_format_may_change_when_a_run_is_resumed(workdir):
     assert "amp: True\n" in args and "memory_format: channels_last\n" in args
     last = torch.load(workdir / "cv" / "runtime" / "last.t7", weights_only=True)
     assert last["epoch"] == 1 and last["args"]["memory_format"] == "channels_last"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["write:1", "step:0:0", "step:0:3", "write:2"])
+def test_a_run_killed_anywhere_in_its_first_epoch_holds_no_run_or_a_run_to_resume(workdir, moment):
+    """Killed inside its first write (the state before epoch 0), before or inside
+    epoch 0's training, or inside its first checkpoint (after epoch 0's log
+    lines): the folder holds no run, and a new run starts there, or a saved
+    state, and --resume continues it; either way the run ends as one never
+    interrupted."""
+    name = f"first_{moment.replace(':', '_')}"
+    flags = [*common(f"cv/{name}"), "--max_epochs", "0"]
+    run_and_kill(moment, "cl_training.py", flags, workdir)
+    folder = workdir / "cv" / name
+    try:
+        RunState.newest(folder)
+        state = True
+    except BlockDropError:
+        state = False
+    assert state or not run_files(folder), (moment, [p.name for p in run_files(folder)])
+    finish = run_main(cl_training, *(["--resume", "--cv_dir", f"cv/{name}"] if state else flags), cwd=workdir)
+    assert finish.returncode == 0, (moment, finish.stderr)
+    whole = workdir / "cv" / "first_whole"
+    if not whole.exists():
+        assert run_main(cl_training, *common("cv/first_whole"), "--max_epochs", "0", cwd=workdir).returncode == 0
+    a, b = (torch.load(f / "last.t7", weights_only=True)["agent"] for f in (whole, folder))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["epoch"]) for r in rows] == [("train", 0), ("test", 0)]

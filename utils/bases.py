@@ -77,10 +77,21 @@ def load_weights(model: nn.Module, state: dict, path: Path, what: str) -> None:
         raise BlockDropError(f"{path}: the {what} does not fit: {'; '.join(parts)}")
 
 
+def same_configuration(path: Path, recorded: object, model_name: str) -> None:
+    """A file that records the configuration it was trained for is used for
+    that one only (networks of two configurations can have the same shapes:
+    R32_C10 and R32_Digits); the authors' files record none."""
+    if isinstance(recorded, str) and recorded != model_name:
+        raise BlockDropError(f"{path}: was trained for {recorded}, not {model_name}; pass --model {recorded}, "
+                             f"or a file of {model_name}")
+
+
 def load_base(resnet: nn.Module, path: Path, model_name: str) -> dict:
     """A pretrained base ResNet in the standard layout (``state_dict`` wrapper,
     a plain state dict or torchvision's ResNet keys, ``module.`` prefixes)."""
     obj = load_state_file(path)
+    if isinstance(obj, dict):
+        same_configuration(path, obj.get("model"), model_name)
     state = unwrap_state(obj, path, ("state_dict", "model", "resnet", "net"))
     load_weights(resnet, state, path, f"{model_name} base ResNet")
     return obj if isinstance(obj, dict) else {}

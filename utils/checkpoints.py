@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config
 
-from .bases import load_base_for, load_weights
+from .bases import load_base_for, load_weights, same_configuration
 from .cli import BlockDropError
 from .files import load_state_file, save_checkpoint
 
@@ -89,6 +89,8 @@ def load_blockdrop_checkpoint(path: Path, model_name: str, agent: nn.Module,
     agent_state = obj.get("agent", obj.get("net"))
     if not isinstance(agent_state, dict):
         raise BlockDropError(f"{path}: holds no 'agent' (or legacy 'net') entry; not a BlockDrop checkpoint")
+    same_configuration(path, (obj.get("args") or {}).get("model") if isinstance(obj.get("args"), dict) else None,
+                       model_name)
     logit = agent_state.get("logit.weight", agent_state.get("module.logit.weight"))
     if isinstance(logit, torch.Tensor) and logit.shape[0] != agent.num_blocks:
         raise BlockDropError(

@@ -35,6 +35,9 @@ CIFAR_SOURCES = {
 }
 
 
+CIFAR_CLASSES = {"C10": 10, "C100": 100}
+
+
 class ArrayDataset(Dataset):
     """Images as a uint8 N x H x W x 3 array with integer labels; ``transform``
     takes a float 3 x H x W tensor in [0, 1]."""
@@ -80,6 +83,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,  # how protocol-2 pickles of Python 3 store bytes
+        ("__builtin__", "bytes"): bytes,  # ... and empty bytes (an empty array's data)
+        ("builtins", "bytes"): bytes,
     }
 
     def find_class(self, module: str, name: str):
@@ -88,9 +93,11 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"holds {module}.{name}, which a data file has no reason to hold")
 
 
-def read_cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batches(folder: Path, files: list[str], label_key: str,
+                       num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read CIFAR python-layout batches (pickled dicts of ``data`` N x 3072 and
-    labels) as they are, without checksums."""
+    labels) as they are, without checksums; labels outside 0..num_classes-1
+    are refused, naming the file."""
     images, labels = [], []
     for name in files:
         path = folder / name
@@ -104,8 +111,13 @@ def read_cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[
             raise BlockDropError(f"{path}: not a CIFAR python batch ({type(exc).__name__}: {exc})") from exc
         if target is None or len(target) != len(data):
             raise BlockDropError(f"{path}: not a CIFAR python batch (no {label_key!r} of {len(data)} labels)")
+        target = np.asarray(target, dtype=np.int64)
+        bad = target[(target < 0) | (target >= num_classes)] if num_classes and len(target) else []
+        if len(bad):
+            raise BlockDropError(f"{path}: label {bad[0]} is outside the {num_classes} classes of this data set "
+                                 f"(0 to {num_classes - 1})")
         images.append(data)
-        labels.append(np.asarray(target, dtype=np.int64))
+        labels.append(target)
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -142,14 +154,15 @@ def download_cifar(dataset: str, data_dir: Path, url: str | None = None) -> None
     """Fetch and unpack the official archive into ``data_dir``."""
     folder, default_url, *_ = CIFAR_SOURCES[dataset]
     url = url or default_url
-    data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / Path(url).name
     part = archive.with_name(archive.name + ".part")
-    print(f"downloading {url} to {data_dir}", file=sys.stderr)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as fh:
-            while chunk := response.read(1 << 20):
-                fh.write(chunk)
+        with urllib.request.urlopen(url, timeout=60) as response:  # nothing is said or made before it answers
+            print(f"downloading {url} to {data_dir}", file=sys.stderr)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            with open(part, "wb") as fh:
+                while chunk := response.read(1 << 20):
+                    fh.write(chunk)
         os.replace(part, archive)
         with tarfile.open(archive) as tar:
             tar.extractall(data_dir, filter="data")
@@ -174,8 +187,12 @@ def cifar_arrays(dataset: str, data_dir: Path, url: str | None = None):
                 f"{dataset} data not found: put {', '.join(wanted)} (the python version of the "
                 f"data set) in {root}/ ({reason})"
             )
-    return (read_cifar_batches(root, train_files, label_key),
-            read_cifar_batches(root, test_files, label_key))
+    classes = CIFAR_CLASSES[dataset]
+    train = read_cifar_batches(root, train_files, label_key, classes)
+    if len(train[1]) == 0:
+        raise BlockDropError(f"{root}: the training batches ({', '.join(train_files)}) hold no images: the data set "
+                             "is empty")
+    return train, read_cifar_batches(root, test_files, label_key, classes)
 
 
 def _cifar_transforms(normalize):

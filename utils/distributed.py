@@ -10,6 +10,7 @@ function here then does what a single process would.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +88,25 @@ def broadcast(procs: Processes, value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def main_first(procs: Processes, work: Callable[[], object]):
+    """``work()`` on the main process while the others wait; its result there
+    (None on the others). A BlockDropError it raises is raised on every process."""
+    value, error = None, None
+    if procs.is_main:
+        try:
+            value = work()
+        except BlockDropError as exc:
+            if not procs.distributed:
+                raise
+            error = exc
+    message = broadcast(procs, str(error) if error else None)
+    if error:
+        raise error
+    if message:
+        raise BlockDropError(message)
+    return value
 
 
 def gather_objects(procs: Processes, value) -> list:

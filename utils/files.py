@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import resource
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,8 +49,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 
 def save_checkpoint(obj: dict, path: Path) -> Path:
-    """``torch.save``, atomically."""
-    return write_atomically(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save``, atomically. A write that fails (a full disk, a file-size
+    limit) is one BlockDropError naming the file and the cause; the file of that
+    name, if there was one, is unchanged."""
+    def write(tmp: str) -> None:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's writer reports a failed write as a RuntimeError
+            raise BlockDropError(f"{path}: cannot be written: {_write_failure(Path(tmp), exc)}; "
+                                 f"{'the earlier file is unchanged' if Path(path).exists() else 'nothing was written'}"
+                                 ) from exc
+
+    return write_atomically(path, write)
+
+
+def _write_failure(path: Path, exc: BaseException) -> str:
+    """Why a write failed, in words: a full disk, a file-size limit, or the writer's own words."""
+    free = shutil.disk_usage(path.parent).free
+    if free < 1 << 20:
+        return f"no space left on the device ({free:,} bytes free)"
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY and path.exists() and path.stat().st_size >= limit - (1 << 16):
+        return f"the file-size limit (ulimit -f: {limit:,} bytes) is reached"
+    return first_line(exc)
 
 
 def same_file_atomically(source: Path, path: Path) -> Path:
@@ -92,6 +115,7 @@ def writable_folder(path: Path, flag: str, create: bool = True) -> Path:
     checked: it or the nearest folder above it that exists must be writable),
     or one BlockDropError."""
     path = Path(path)
+    utf8_name(path, flag)
     if path.exists() and not path.is_dir():
         raise BlockDropError(f"{flag} {path}: is a file, not a folder")
     if create:
@@ -107,9 +131,20 @@ def writable_folder(path: Path, flag: str, create: bool = True) -> Path:
     return path
 
 
+def utf8_name(path: Path, flag: str) -> None:
+    """Refuse an output path whose name is not valid UTF-8: the files written
+    there record their paths, and the TensorBoard writer needs UTF-8 names."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+        raise BlockDropError(f"{flag} {shown}: the name is not valid UTF-8; choose a name that is") from exc
+
+
 def writable_file(path: Path, flag: str) -> Path:
     """``path`` as a file that can be written, checked before any work, or one BlockDropError."""
     path = Path(path)
+    utf8_name(path, flag)
     if path.is_dir():
         raise BlockDropError(f"{flag} {path}: is a folder; give a file name")
     writable_folder(path.parent, flag, create=False)
@@ -143,7 +178,9 @@ def load_state_file(path: Path) -> object:
     if path.stat().st_size == 0:
         raise BlockDropError(f"{path}: the file is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a refused pickle's warning would come before the one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc):
             raise BlockDropError(

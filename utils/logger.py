@@ -20,11 +20,12 @@ class RunLogger:
 
         self.cv_dir = Path(cv_dir)
         self.rows = self.cv_dir / "metrics.jsonl"
-        if first_epoch > 0 and self.rows.exists():
+        if self.rows.exists():
             kept = [ln for ln in self.rows.read_text().splitlines(keepends=True)
                     if json.loads(ln).get("epoch", -1) < first_epoch]
             atomic_write_bytes(self.rows, "".join(kept).encode())
-        self.writer = SummaryWriter(str(self.cv_dir / "log"), purge_step=first_epoch or None)
+        log = self.cv_dir / "log"
+        self.writer = SummaryWriter(str(log), purge_step=first_epoch if log.exists() else None)
 
     def log(self, epoch: int, line: str, scalars: dict[str, float], row: dict) -> None:
         """Print ``line``, write ``scalars`` to TensorBoard at ``epoch`` and ``row`` to metrics.jsonl."""

@@ -5,6 +5,8 @@ per folder; ``--restart`` sets an earlier one aside)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -184,14 +186,58 @@ def set_aside(files: list[Path], folder: Path) -> Path:
     return kept
 
 
+class FolderLock:
+    """One run per folder at a time: an OS lock (``flock``) on ``cv_dir/.run.lock``,
+    which the operating system releases when the process ends however it ends
+    (a SIGKILL leaves no stale lock). The file names the process that holds it."""
+
+    NAME = ".run.lock"
+
+    def __init__(self, folder: Path):
+        self.folder, self.fd = Path(folder), None
+
+    def acquire(self) -> FolderLock:
+        fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise BlockDropError(f"--cv_dir {self.folder} is in use by another run (process {holder}): wait for it "
+                                 "to end, or choose another --cv_dir") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
 def prepare_run_folder(cv_dir: Path, resume: bool, restart: bool, continuing: bool = False,
-                       files: list[Path] | None = None) -> Path:
-    """``--cv_dir`` checked, a killed write's temporary files removed, and a new
-    run refused where another one is, unless it continues it (``--resume``, or
+                       files: list[Path] | None = None) -> FolderLock:
+    """``--cv_dir`` checked and held for this run (``FolderLock``, which the
+    caller releases), a killed write's temporary files removed, and a new run
+    refused where another one is, unless it continues it (``--resume``, or
     ``continuing``: the original's ``--load`` of one of its checkpoints) or
     ``--restart`` sets the earlier one aside. ``files``: the run's files when
     they are more than ``run_files`` finds (a base that pretrain.py wrote)."""
+    if resume and not Path(cv_dir).is_dir():
+        raise BlockDropError(f"--resume: {cv_dir} holds no run to resume (there is no such folder)")
     cv_dir = writable_folder(Path(cv_dir), "--cv_dir")
+    lock = FolderLock(cv_dir).acquire()
+    try:
+        _set_aside_or_refuse(cv_dir, resume, restart, continuing, files)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _set_aside_or_refuse(cv_dir: Path, resume: bool, restart: bool, continuing: bool, files: list[Path] | None):
     for tmp in remove_partial_writes(cv_dir):
         main_print(f"note: removed {tmp}, left by an interrupted write")
     earlier = run_files(cv_dir) + (files or [])
@@ -202,4 +248,3 @@ def prepare_run_folder(cv_dir: Path, resume: bool, restart: bool, continuing: bo
                 f"a new one there with --restart (the earlier files are moved to {cv_dir}/earlier-<time>/), "
                 "or choose another --cv_dir")
         main_print(f"note: the earlier run's files were moved to {set_aside(earlier, cv_dir)}/")
-    return cv_dir
