@@ -44,6 +44,7 @@ from utils.cli import (
     run_cli,
 )
 from utils.data import get_datasets
+from utils.distributed import setup, teardown
 from utils.files import atomic_write_bytes, writable_folder, write_json
 from utils.flops import agent_flops, resnet_flop_table
 from utils.pipeline import cached, content_sha256, recorded_seconds, run_step, run_training
@@ -317,7 +318,13 @@ def main(args: argparse.Namespace) -> dict:
         return {}
     writable_folder(out, "--out")
     started = time.time()
-    results = run_plan(args, plan, out)
+    procs = setup(args.device)  # under torchrun, one process group for every step
+    try:
+        results = run_plan(args, plan, out)
+    finally:
+        teardown(procs)
+    if not procs.is_main:
+        return results
     claims = all_claims(results)
     meta = {"minutes": (time.time() - started) / 60, "step_minutes": recorded_seconds(out) / 60,
             "plan": dict(vars(plan)), "machine": machine(args),

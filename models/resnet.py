@@ -256,7 +256,7 @@ class FlatResNet(nn.Module):
         return self.head(self.run_blocks(self.stem(x), policy, mode))
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:
-        """Every block runs: the plain ResNet."""
+        """Every block runs: the plain ResNet (kept: the original's public API, as ``forward_single``)."""
         return self.forward(x)
 
     def forward_single(self, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:

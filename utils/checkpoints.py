@@ -14,7 +14,7 @@ from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_confi
 
 from .bases import load_base_for, load_weights, same_configuration
 from .cli import BlockDropError
-from .files import load_state_file, save_checkpoint
+from .files import load_state_file
 
 CKPT_PATTERN = re.compile(
     r"ckpt_E_(?P<epoch>\d+)_A_(?P<acc>[0-9.]+)_R_(?P<reward>[-+0-9.E]+)"
@@ -34,12 +34,6 @@ def parse_checkpoint_name(name: str | Path) -> dict:
         raise ValueError(f"{name} is not named like a BlockDrop checkpoint")
     return {"epoch": int(m["epoch"]), "acc": float(m["acc"]), "reward": float(m["reward"]),
             "blocks": float(m["blocks"]), "unique": int(m["unique"])}
-
-
-def save_blockdrop_checkpoint(cv_dir: Path, obj: dict) -> Path:
-    """``ckpt_E_{epoch}_A_{acc}_R_{reward}_S_{blocks}_#_{unique}.t7`` in ``cv_dir``."""
-    name = checkpoint_name(obj["epoch"], obj["acc"], obj["reward"], obj["blocks"], obj["unique"])
-    return save_checkpoint(obj, Path(cv_dir) / name)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -24,6 +24,7 @@ class Processes:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this setup started the process group (a script run by another finds it started)
 
     @property
     def distributed(self) -> bool:
@@ -51,13 +52,16 @@ def setup(device_flag: str | None) -> Processes:
             raise BlockDropError(f"torchrun: local rank {local} but only {torch.cuda.device_count()} CUDA device(s)")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-    return Processes(dist.get_rank(), dist.get_world_size(), device)
+    return Processes(dist.get_rank(), dist.get_world_size(), device, owns)
 
 
 def teardown(procs: Processes) -> None:
-    if procs.distributed and dist.is_initialized():
+    """The process group ends with the setup that started it (``reproduce.py``
+    keeps one for all its steps)."""
+    if procs.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -84,6 +88,16 @@ def gather_rows(procs: Processes, *tensors: torch.Tensor) -> tuple[torch.Tensor,
 def broadcast(procs: Processes, value):
     """The main process's ``value`` (any picklable object), on every process."""
     if not procs.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def from_main(value):
+    """The main process's ``value`` on every process of a started process group
+    (without one, ``value`` itself): one decision, taken once."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)

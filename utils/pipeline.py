@@ -18,6 +18,7 @@ from pathlib import Path
 
 from utils.bases import file_sha256
 from utils.cli import BlockDropError
+from utils.distributed import from_main, is_main_process
 from utils.files import write_json
 from utils.runstate import RunState, run_files
 
@@ -65,7 +66,8 @@ def cached(record: Path, settings: dict, compute: Callable[[], dict]) -> dict:
     if done.get("settings") != settings:
         started = time.perf_counter()
         done = {"settings": settings, "report": compute()}
-        write_json(record, {**done, "seconds": time.perf_counter() - started})
+        if is_main_process():  # under torchrun every process computes it alike; one writes
+            write_json(record, {**done, "seconds": time.perf_counter() - started})
     return done["report"]
 
 
@@ -77,18 +79,27 @@ def run_training(folder: Path, script: str, argv: Sequence[object], settings: di
     aside). Returns the script's result (a base's ``path`` for pretrain.py)."""
     folder = Path(folder)
     record, started = folder / "step.json", folder / "started.json"
-    done = _read(record)
-    if done.get("settings") == settings:
-        return done["result"]
-    argv = [str(a) for a in argv]
-    if run_files(folder):
-        argv.append("--resume" if _read(started).get("settings") == settings and _has_state(folder) else "--restart")
-    write_json(started, {"settings": settings})
+    done, argv = from_main(_decide(record, started, folder, [str(a) for a in argv], settings))
+    if done is not None:
+        return done
+    if is_main_process():
+        write_json(started, {"settings": settings})
     began = time.perf_counter()
     result = run_step(script, argv)
     result = {"path": str(result)} if isinstance(result, Path) else result
-    write_json(record, {"settings": settings, "result": result, "seconds": time.perf_counter() - began})
+    if is_main_process():
+        write_json(record, {"settings": settings, "result": result, "seconds": time.perf_counter() - began})
     return result
+
+
+def _decide(record: Path, started: Path, folder: Path, argv: list[str], settings: dict) -> tuple:
+    """(the stored result, None) for a finished step, else (None, the argv to run it with)."""
+    done = _read(record)
+    if done.get("settings") == settings:
+        return done["result"], None
+    if run_files(folder):
+        argv.append("--resume" if _read(started).get("settings") == settings and _has_state(folder) else "--restart")
+    return None, argv
 
 
 def recorded_seconds(folder: Path) -> float:
