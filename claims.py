@@ -203,7 +203,7 @@ def claim_shallow(results: dict) -> Claim:
         parts.append(f"γ = {key}: {bd.pct()} at {flops.mean:.2E} FLOPs against {100 * means:.1f}% "
                      f"({verdicts[-1]})")
     verdict = judge(*verdicts) if verdicts else "not shown (no comparable point)"
-    names = ", ".join(sorted(results["shallow"]))
+    names = ", ".join(sorted(results["shallow"], key=lambda n: results["shallow"][n][0]["resnet_flops"]))
     return Claim("3", "BlockDrop on a deep ResNet beats a shallower ResNet of the same cost", PAPER["shallow"],
                  "; ".join(parts) + f" (the ResNets {names} and the full one, interpolated at equal FLOPs)", verdict,
                  "at every penalty" if verdict == "holds" else "not at every penalty, or within the spread")

@@ -292,9 +292,8 @@ def cost(args: argparse.Namespace, plan: Plan) -> list[tuple[str, float]]:
              f"({plan.ft_epochs + 1} epochs each)",
              seeds * (plan.ft_epochs + 1) * n * ((len(plan.penalties) + 1) * (3 * agent + 4 * resnet) + 2 * 3 * resnet))]
     if plan.base_epochs is not None:
-        depth = [resnet] + [flops(name) for name in plan.shallower]
         rows.insert(0, (f"base and shallower ResNets ({plan.base_epochs} epochs each)",
-                        plan.base_epochs * n * 3 * (resnet + seeds * sum(depth[1:]))))
+                        plan.base_epochs * n * 3 * (resnet + sum(flops(name) for name in plan.shallower))))
     return rows
 
 

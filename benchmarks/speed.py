@@ -8,8 +8,10 @@
 
 Inference, eval mode: for ResNet-32 and ResNet-110 at batch 1 and 256 (and
 ResNet-101 at batches 1 and 8), with random per-image policies keeping 25, 30,
-50, 75 and 100% of the blocks, and with a trained digits agent (the demo's model,
-when ``make demo`` has run): the ratio of FLOPs to the full ResNet's, against
+50, 75 and 100% of the blocks, with the paper's heuristic policy sources (FirstK
+and RandomK keeping 30% of ResNet-110's blocks, in the policy network's place),
+and with a trained digits agent (the demo's model, when ``make demo`` has run):
+the ratio of FLOPs to the full ResNet's, against
 the ratio of measured time, for each form. Training: seconds per curriculum
 step and per finetuning step at batch 64 against the blocks the sampled
 policies keep, for each form. Every time is measured in this run, the forms of
@@ -28,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules
 
-from models import build_agent, build_resnet, get_config
+from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config
 from rl import RLConfig, train_step
 from utils.checkpoints import load_blockdrop
 from utils.cli import ArgumentParser, add_device_flag, choose_device
@@ -80,6 +82,37 @@ def inference_rows(name: str, batch: int, images: int, repeats: int, device: tor
         }, x, batch, repeats)
         rows.append({"network": name, "batch": batch, "policy": f"random, {keep:.0%} kept",
                      "blocks": policies.sum(1).mean().item(),
+                     "flops_ratio": policy_flops(table, policies).mean().item() / full_flops,
+                     "per_image": seconds["per_image"] / seconds["full"],
+                     "masked": seconds["masked"] / seconds["full"], "full_ms": 1000 * seconds["full"]})
+    return rows
+
+
+def baseline_rows(name: str, batch: int, images: int, repeats: int, device: torch.device,
+                  keep: float = 0.3) -> list[dict]:
+    """The paper's heuristic policies as the policy source, keeping ``keep`` of
+    the blocks: FirstK (the same blocks for every image) and RandomK (K blocks
+    at random per image), run as BlockDrop runs its policy network's output."""
+    cfg = get_config(name)
+    torch.manual_seed(0)
+    resnet = build_resnet(cfg).to(device, **LAYOUT).eval()
+    table = resnet_flop_table(resnet, cfg.input_size)
+    full_flops = table[0] + sum(table[1])
+    x = torch.rand(images, 3, cfg.input_size, cfg.input_size, device=device).contiguous(**LAYOUT)
+    k = round(keep * resnet.num_blocks)
+    rows = []
+    for policy in ("firstk", "randomk"):
+        model = BlockDrop(fixed_policy(policy, resnet.num_blocks, k, seed=0), resnet).eval()
+        with torch.no_grad():
+            policies = torch.cat([model.policy(b) for b in torch.split(x, batch)])
+        model.eval()  # RandomK's evaluation draws start again: the timed passes draw these policies
+        seconds = seconds_per_image({
+            "full": lambda b: resnet(b),
+            "per_image": lambda b, model=model: model(b),
+            "masked": lambda b, model=model: resnet(b, model.policy(b), "masked"),
+        }, x, batch, repeats)
+        rows.append({"network": name, "batch": batch, "policy": f"{'FirstK' if policy == 'firstk' else 'RandomK'}, "
+                     f"K = {k} ({k / resnet.num_blocks:.0%})", "blocks": float(k),
                      "flops_ratio": policy_flops(table, policies).mean().item() / full_flops,
                      "per_image": seconds["per_image"] / seconds["full"],
                      "masked": seconds["masked"] / seconds["full"], "full_ms": 1000 * seconds["full"]})
@@ -217,6 +250,9 @@ def main(args: argparse.Namespace) -> str:
         for batch, images in ((1, one_image), (256, 256)):
             print(f"inference: {name}, batch {batch}", flush=True)
             inference += inference_rows(name, batch, images, repeats, device)
+    for batch, images in ((1, one_image), (256, 256)):
+        print(f"inference: FirstK and RandomK on R110_C10, batch {batch}", flush=True)
+        inference += baseline_rows("R110_C10", batch, images, repeats, device)
     if not quick:
         for batch, images in ((1, 8), (8, 8)):
             print(f"inference: R101_ImgNet, batch {batch}", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,3 +165,17 @@ def test_a_fixed_policy_with_pretrained_is_refused(folder):
 
 def test_build_agent_is_untouched_by_fixed_policies():
     assert getattr(build_agent(get_config("R32_C10")), "learnable", True)
+
+
+def test_the_speed_benchmark_times_firstk_and_randomk_as_policy_sources():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import speed
+
+    rows = speed.baseline_rows("R32_C10", batch=4, images=8, repeats=1, device=torch.device("cpu"), keep=0.4)
+    table = resnet_flop_table(build_resnet(get_config("R32_C10")), 32)
+    full = table[0] + sum(table[1])
+    assert [r["policy"] for r in rows] == ["FirstK, K = 6 (40%)", "RandomK, K = 6 (40%)"]
+    assert rows[0]["flops_ratio"] == pytest.approx((table[0] + sum(table[1][:6])) / full)
+    assert all(r["blocks"] == 6 and r["per_image"] > 0 and r["masked"] > 0 for r in rows)

@@ -36,13 +36,13 @@ TORCHRUN = shown_commands(r"torchrun --")
 def test_the_pages_show_the_commands_the_tests_below_check():
     # an empty list would make the parametrized tests below pass without checking anything
     assert [p.id.split(":")[0] for p in TORCHRUN] == ["docs/gpus.md", "docs/gpus.md"]
-    assert len(COMMANDS) == 14 and {p.id.split(":")[0] for p in COMMANDS} == {"README.md"}
+    assert len(COMMANDS) == 17 and {p.id.split(":")[0] for p in COMMANDS} == {"README.md"}
 
 
 def test_the_readme_shows_every_script_once_at_least():
     shown = {shlex.split(p.values[0])[1] for p in COMMANDS if p.id.startswith("README.md:")}
     assert shown == {"pretrain.py", "cl_training.py", "finetune.py", "test.py", "sweep.py", "visualize.py",
-                     "convert_base.py"}
+                     "convert_base.py", "reproduce.py"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

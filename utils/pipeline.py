@@ -18,7 +18,7 @@ from pathlib import Path
 
 from utils.bases import file_sha256
 from utils.cli import BlockDropError
-from utils.distributed import from_main, is_main_process
+from utils.distributed import from_main, is_main_process, main_print
 from utils.files import write_json
 from utils.runstate import RunState, run_files
 
@@ -44,7 +44,7 @@ def run_step(script: str, argv: Sequence[object]):
     """Print ``$ python <script> <argv>``, then run that script's ``main`` on
     ``argv`` in this process and return what it returns."""
     argv = [str(a) for a in argv]
-    print(f"\n$ python {script} {' '.join(argv)}", flush=True)
+    main_print(f"\n$ python {script} {' '.join(argv)}")
     module = load_script(script)
     return module.main(module.get_args_parser().parse_args(argv))
 
@@ -87,6 +87,7 @@ def run_training(folder: Path, script: str, argv: Sequence[object], settings: di
     began = time.perf_counter()
     result = run_step(script, argv)
     result = {"path": str(result)} if isinstance(result, Path) else result
+    result = from_main(result)  # under torchrun: the main process's (it alone saves), once it has saved
     if is_main_process():
         write_json(record, {"settings": settings, "result": result, "seconds": time.perf_counter() - began})
     return result

@@ -275,7 +275,7 @@ def claims_tradeoff_figure(series: dict[str, list[dict]], full: dict | None, tit
         ax.errorbar([p["flops"] for p in points], [p["accuracy"] for p in points],
                     xerr=[p["flops_std"] for p in points], yerr=[p["accuracy_std"] for p in points],
                     marker="o" if name == "BlockDrop" else "s", color=color, linewidth=1.5 if len(points) > 1 else 0,
-                    markersize=6, capsize=3, label=name)
+                    elinewidth=1.2, markersize=6, capsize=3, label=name)
         for p in points:
             ax.annotate(p["label"], (p["flops"], p["accuracy"]), textcoords="offset points", xytext=(6, -12),
                         fontsize=8, color=color)
@@ -294,16 +294,21 @@ def claims_tradeoff_figure(series: dict[str, list[dict]], full: dict | None, tit
     return fig
 
 
+BAR_COLORS = {"BlockDrop": KEPT_COLOR, "FirstK": "#d9822b", "RandomK": "#8e44ad", "curriculum": KEPT_COLOR,
+              "none": "0.55"}
+
+
 def claims_bars_figure(panels: list[tuple[str, list[tuple[str, float, float]]]], title: str = "") -> Figure:
     """One panel per comparison (its title, and bars of (label, mean accuracy,
-    standard deviation) with error bars), side by side."""
+    standard deviation) with error bars), side by side; a bar's colour follows
+    the first word of its label (BlockDrop, FirstK, RandomK, curriculum, none)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), dpi=DPI, squeeze=False)
     for ax, (heading, bars) in zip(axes[0], panels):
-        colors = [KEPT_COLOR if i == 0 else c for i, c in enumerate(["", "#d9822b", "#8e44ad", "0.5", "0.7"][:len(bars)])]
+        colors = [BAR_COLORS.get(label.split(",")[0].split()[0], "0.4") for label, _, _ in bars]
         ax.bar(range(len(bars)), [b[1] for b in bars], yerr=[b[2] for b in bars], capsize=4, color=colors,
                width=0.65)
-        for i, (_, mean, _) in enumerate(bars):
-            ax.text(i, mean + 0.02, f"{mean:.1%}", ha="center", va="bottom", fontsize=9)
+        for i, (_, mean, std) in enumerate(bars):
+            ax.text(i, mean + std + 0.02, f"{mean:.1%}", ha="center", va="bottom", fontsize=9)
         ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=9)
         ax.set_ylim(0, 1.12)
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
