@@ -62,14 +62,27 @@ def random_policies(n: int, k: int, keep: float, seed: int = 0) -> torch.Tensor:
 # --------------------------------------------------------------------------
 # inference
 # --------------------------------------------------------------------------
-def inference_rows(name: str, batch: int, images: int, repeats: int, device: torch.device,
-                   levels: list[float] = LEVELS) -> list[dict]:
+def random_network(name: str, images: int, device: torch.device):
+    """A configuration's ResNet (seeded weights, eval mode), its FLOP table and
+    full cost, and ``images`` random images."""
     cfg = get_config(name)
     torch.manual_seed(0)
     resnet = build_resnet(cfg).to(device, **LAYOUT).eval()
     table = resnet_flop_table(resnet, cfg.input_size)
-    full_flops = table[0] + sum(table[1])
     x = torch.rand(images, 3, cfg.input_size, cfg.input_size, device=device).contiguous(**LAYOUT)
+    return resnet, table, table[0] + sum(table[1]), x
+
+
+def row(name: str, batch: int, policy: str, policies: torch.Tensor, flops_ratio: float, seconds: dict) -> dict:
+    """One table row: time ratios of both forms to the full ResNet, beside the FLOPs ratio."""
+    return {"network": name, "batch": batch, "policy": policy, "blocks": policies.sum(1).mean().item(),
+            "flops_ratio": flops_ratio, "per_image": seconds["per_image"] / seconds["full"],
+            "masked": seconds["masked"] / seconds["full"], "full_ms": 1000 * seconds["full"]}
+
+
+def inference_rows(name: str, batch: int, images: int, repeats: int, device: torch.device,
+                   levels: list[float] = LEVELS) -> list[dict]:
+    resnet, table, full_flops, x = random_network(name, images, device)
     rows = []
     for keep in levels:
         policies = random_policies(images, resnet.num_blocks, keep).to(device)
@@ -80,11 +93,8 @@ def inference_rows(name: str, batch: int, images: int, repeats: int, device: tor
             "per_image": lambda b, by_batch=by_batch: resnet(b, by_batch[b.data_ptr()], "per_image"),
             "masked": lambda b, by_batch=by_batch: resnet(b, by_batch[b.data_ptr()], "masked"),
         }, x, batch, repeats)
-        rows.append({"network": name, "batch": batch, "policy": f"random, {keep:.0%} kept",
-                     "blocks": policies.sum(1).mean().item(),
-                     "flops_ratio": policy_flops(table, policies).mean().item() / full_flops,
-                     "per_image": seconds["per_image"] / seconds["full"],
-                     "masked": seconds["masked"] / seconds["full"], "full_ms": 1000 * seconds["full"]})
+        rows.append(row(name, batch, f"random, {keep:.0%} kept", policies,
+                        policy_flops(table, policies).mean().item() / full_flops, seconds))
     return rows
 
 
@@ -93,12 +103,7 @@ def baseline_rows(name: str, batch: int, images: int, repeats: int, device: torc
     """The paper's heuristic policies as the policy source, keeping ``keep`` of
     the blocks: FirstK (the same blocks for every image) and RandomK (K blocks
     at random per image), run as BlockDrop runs its policy network's output."""
-    cfg = get_config(name)
-    torch.manual_seed(0)
-    resnet = build_resnet(cfg).to(device, **LAYOUT).eval()
-    table = resnet_flop_table(resnet, cfg.input_size)
-    full_flops = table[0] + sum(table[1])
-    x = torch.rand(images, 3, cfg.input_size, cfg.input_size, device=device).contiguous(**LAYOUT)
+    resnet, table, full_flops, x = random_network(name, images, device)
     k = round(keep * resnet.num_blocks)
     rows = []
     for policy in ("firstk", "randomk"):
@@ -111,11 +116,9 @@ def baseline_rows(name: str, batch: int, images: int, repeats: int, device: torc
             "per_image": lambda b, model=model: model(b),
             "masked": lambda b, model=model: resnet(b, model.policy(b), "masked"),
         }, x, batch, repeats)
-        rows.append({"network": name, "batch": batch, "policy": f"{'FirstK' if policy == 'firstk' else 'RandomK'}, "
-                     f"K = {k} ({k / resnet.num_blocks:.0%})", "blocks": float(k),
-                     "flops_ratio": policy_flops(table, policies).mean().item() / full_flops,
-                     "per_image": seconds["per_image"] / seconds["full"],
-                     "masked": seconds["masked"] / seconds["full"], "full_ms": 1000 * seconds["full"]})
+        label = f"{'FirstK' if policy == 'firstk' else 'RandomK'}, K = {k} ({k / resnet.num_blocks:.0%})"
+        rows.append(row(name, batch, label, policies, policy_flops(table, policies).mean().item() / full_flops,
+                        seconds))
     return rows
 
 
@@ -137,10 +140,7 @@ def digits_rows(checkpoint: Path, batches: list[int], images: dict[int, int], re
             "masked": lambda b: model.resnet(b, model.policy(b), "masked"),
         }, x, batch, repeats)
         flops = policy_flops(table, policies).mean().item() + agent_flops(model.agent, 32)
-        rows.append({"network": "R32_Digits", "batch": batch, "policy": "trained agent (demo)",
-                     "blocks": policies.sum(1).mean().item(), "flops_ratio": flops / full_flops,
-                     "per_image": seconds["per_image"] / seconds["full"],
-                     "masked": seconds["masked"] / seconds["full"], "full_ms": 1000 * seconds["full"]})
+        rows.append(row("R32_Digits", batch, "trained agent (demo)", policies, flops / full_flops, seconds))
     return rows
 
 

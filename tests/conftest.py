@@ -124,6 +124,17 @@ def write_cifar10(data_dir: Path, test_images: np.ndarray | None = None, test_la
     }
 
 
+def cifar_folder(tmp: Path, n_train: int, n_test: int, seed: int) -> Path:
+    """``tmp`` with CIFAR-10 files under ``data/`` and an R32_C10 base (random
+    weights, seeded) in the standard layout as ``base.t7``."""
+    from models import build_resnet, get_config
+
+    write_cifar10(tmp / "data", n_train=n_train, n_test=n_test, seed=seed)
+    torch.manual_seed(0)
+    torch.save({"state_dict": standard_layout(build_resnet(get_config("R32_C10")).state_dict())}, tmp / "base.t7")
+    return tmp
+
+
 def images_as_tensor(images_hwc: np.ndarray) -> torch.Tensor:
     """HWC uint8 -> float N x 3 x H x W in [0, 1] (what ToTensor gives)."""
     return torch.from_numpy(np.ascontiguousarray(images_hwc)).permute(0, 3, 1, 2).float() / 255

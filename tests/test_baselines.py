@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import finetune
-from conftest import assert_one_line_error, cifar_block_costs, run_main, write_cifar10
-from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config, to_standard_keys
+from conftest import assert_one_line_error, cifar_block_costs, cifar_folder, run_main
+from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config
 from rl import RLConfig, train_step
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
 from utils.pipeline import load_script
@@ -111,11 +111,7 @@ def test_finetuning_under_a_fixed_policy_trains_the_resnet_alone_under_that_poli
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("baselines")
-    write_cifar10(tmp / "data", n_train=4, n_test=6, seed=2)
-    torch.manual_seed(0)
-    torch.save({"state_dict": to_standard_keys(build_resnet(get_config("R32_C10")).state_dict())}, tmp / "base.t7")
-    return tmp
+    return cifar_folder(tmp_path_factory.mktemp("baselines"), n_train=4, n_test=6, seed=2)
 
 
 def test_finetune_and_test_with_a_fixed_policy_end_to_end(folder):

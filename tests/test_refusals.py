@@ -27,6 +27,7 @@ from conftest import (
     CIFAR10_FOLDER,
     ROOT,
     assert_one_line_error,
+    cifar_folder,
     images_to_rows,
     run_main,
     script_env,
@@ -41,11 +42,7 @@ INTERRUPT = Path(__file__).resolve().parent / "interrupt.py"
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("refusals")
-    write_cifar10(tmp / "data", n_train=2, n_test=4, seed=1)
-    torch.manual_seed(0)
-    torch.save({"state_dict": to_standard_keys(build_resnet(get_config("R32_C10")).state_dict())}, tmp / "base.t7")
-    return tmp
+    return cifar_folder(tmp_path_factory.mktemp("refusals"), n_train=2, n_test=4, seed=1)
 
 
 def tiny(folder: Path, script, *flags):
@@ -228,12 +225,11 @@ def test_a_sweep_file_too_deep_or_with_a_huge_number_is_one_line(folder, content
 # data that does not fit
 # --------------------------------------------------------------------------
 def test_cifar_labels_out_of_range_are_refused_when_read_naming_the_file(tmp_path):
-    write_cifar10(tmp_path / "data", n_train=2, n_test=3)
-    torch.save({"state_dict": to_standard_keys(build_resnet(get_config("R32_C10")).state_dict())}, tmp_path / "b.t7")
+    cifar_folder(tmp_path, n_train=2, n_test=3, seed=0)
     bad = tmp_path / "data" / CIFAR10_FOLDER / "data_batch_4"
     images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
     write_cifar_batch(bad, images_to_rows(images), [3, 10])
-    for script, flags in ((load_script("pretrain"), ["--cv_dir", "cv/p"]), (load_script("test"), ["--base", "b.t7"])):
+    for script, flags in ((load_script("pretrain"), ["--cv_dir", "cv/p"]), (load_script("test"), ["--base", "base.t7"])):
         result = run_main(script, "--model", "R32_C10", "--data_dir", "data", "--device", "cpu", *flags,
                           cwd=tmp_path)
         line = assert_one_line_error(result)

@@ -246,16 +246,21 @@ def tradeoff_figure(full: dict | None, runs: list[dict], title: str = "") -> Fig
         full_x = float(full.get("full_resnet_flops", full.get("flops")))
         ax.scatter([full_x], [float(full["accuracy"])], marker="*", s=180, color=WRONG_COLOR, zorder=3,
                    label="full ResNet (runs no policy network)")
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    ax.margins(x=0.08, y=0.12)
-    ax.set_xlabel("FLOPs per image")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title or "Accuracy against FLOPs over penalties")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", frameon=False)
+    _accuracy_against_flops(ax, title or "Accuracy against FLOPs over penalties", "FLOPs per image", 1, 0.12)
     fig.tight_layout()
     return fig
+
+
+def _accuracy_against_flops(ax, title: str, xlabel: str, decimals: int, margin: float, fontsize=None) -> None:
+    """Axes of test accuracy (in percent) against FLOPs per image (in powers of ten)."""
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=decimals))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    ax.margins(x=0.08, y=margin)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", frameon=False, fontsize=fontsize)
 
 
 SERIES_COLORS = {"BlockDrop": KEPT_COLOR, "shallower ResNets": "#3c8d40", "FirstK, finetuned": "#d9822b",
@@ -282,14 +287,8 @@ def claims_tradeoff_figure(series: dict[str, list[dict]], full: dict | None, tit
     if full:
         ax.scatter([full["flops"]], [full["accuracy"]], marker="*", s=180, color=WRONG_COLOR, zorder=3,
                    label="the deep ResNet, every block")
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    ax.margins(x=0.08, y=0.1)
-    ax.set_xlabel("FLOPs per image (BlockDrop's include its policy network)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title or "Accuracy against FLOPs (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", frameon=False, fontsize=9)
+    _accuracy_against_flops(ax, title or "Accuracy against FLOPs (mean ± std over seeds)",
+                            "FLOPs per image (BlockDrop's include its policy network)", 0, 0.1, fontsize=9)
     fig.tight_layout()
     return fig
 
