@@ -32,6 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ["BLOCKDROP_NO_DOWNLOAD"] = "1"
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="blockdrop-tests-torch-home-")
 
+# `make test` runs the files in parallel workers (pytest-xdist) that share the cores: one thread each, for
+# the worker and for the scripts it starts, so that they do not compete for the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 TEST_SCRIPT = ROOT / "test.py"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
