@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import finetune
+from benchmarks import speed
 from conftest import assert_one_line_error, cifar_block_costs, cifar_folder, run_main
 from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config
 from rl import RLConfig, train_step
@@ -164,11 +164,6 @@ def test_build_agent_is_untouched_by_fixed_policies():
 
 
 def test_the_speed_benchmark_times_firstk_and_randomk_as_policy_sources():
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import speed
-
     rows = speed.baseline_rows("R32_C10", batch=4, images=8, repeats=1, device=torch.device("cpu"), keep=0.4)
     table = resnet_flop_table(build_resnet(get_config("R32_C10")), 32)
     full = table[0] + sum(table[1])

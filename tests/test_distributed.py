@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import run_main, script_env, write_cifar10
+from conftest import cifar_folder, run_main, script_env
 from engine import evaluate
-from models import build_agent, build_resnet, get_config, to_standard_keys
+from models import build_agent, build_resnet, get_config
 from utils.bases import load_base
 from utils.checkpoints import load_blockdrop_checkpoint
 from utils.data import WithIndex, get_datasets
@@ -37,10 +37,7 @@ def torchrun(out: Path, script: str, *flags: str, cwd: Path) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
-    write_cifar10(tmp / "data", n_train=5, n_test=TEST_IMAGES, seed=4)
-    torch.manual_seed(0)
-    torch.save({"state_dict": to_standard_keys(build_resnet(get_config("R32_C10")).state_dict())}, tmp / "base.t7")
+    tmp = cifar_folder(tmp_path_factory.mktemp("ddp"), n_train=5, n_test=TEST_IMAGES, seed=4)
     common = ["--model", "R32_C10", "--data_dir", "data", "--device", "cpu", "--workers", "0", "--batch_size", "4",
               "--seed", "0", "--max_epochs", "0"]
     cl = torchrun(tmp / "ranks_cl", "cl_training.py", *common, "--base", "base.t7", "--cv_dir", "cv/cl", cwd=tmp)

@@ -18,7 +18,7 @@ import torch
 import cl_training
 import finetune
 import visualize
-from conftest import assert_one_line_error, run_main, script_env, write_cifar10
+from conftest import assert_one_line_error, cifar_folder, run_main, script_env
 from models import build_resnet, get_config, to_standard_keys
 from utils import BlockDropError, load_state_file
 from utils.pipeline import load_script
@@ -54,11 +54,7 @@ def run_and_kill(moment: str, script: str, flags: list, cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("resume")
-    write_cifar10(tmp / "data", n_train=8, n_test=8, seed=3)  # 40 training images: 5 batches of 8
-    torch.manual_seed(0)
-    torch.save({"state_dict": to_standard_keys(build_resnet(get_config("R32_C10")).state_dict())}, tmp / "base.t7")
-    return tmp
+    return cifar_folder(tmp_path_factory.mktemp("resume"), n_train=8, n_test=8, seed=3)  # 40 images: 5 batches of 8
 
 
 def common(cv_dir: str) -> list:
