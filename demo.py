@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+from experiment import PLANS
 from utils.cli import (
     ArgumentParser,
     add_device_flag,
@@ -28,14 +29,18 @@ from utils.cli import (
 from utils.files import writable_folder, write_json
 from utils.pipeline import run_step
 
-# The settings of the demo: the paper's recipe (alpha 0.8, beta 0.1, curriculum
-# penalty -1, finetuning penalty -5, Adam) on a schedule short enough for a CPU;
-# README "Results" says how they were chosen.
+# The settings of the demo: the digits plan of the reproduction (the base's
+# recipe, finetuning's learning rate, batch and penalties: experiment.PLANS),
+# with a curriculum and finetuning short enough for minutes on a CPU; README
+# "Results" says how they were chosen.
+PLAN = PLANS["R32_Digits"]
 DEFAULTS = {
-    "base_epochs": 12, "base_milestones": [6, 9], "base_batch_size": 64,
-    "cl_epochs": 5, "cl_step": 3, "cl_lr": 1e-3, "cl_penalty": -1.0,
-    "ft_epochs": 12, "ft_lr": 1e-3, "penalty": -5.0,
-    "batch_size": 128, "sweep_penalties": [-1.0, -10.0],
+    "base_epochs": PLAN.base_epochs, "base_milestones": [int(m) for m in PLAN.values("pretrain", "milestones")],
+    "base_batch_size": int(PLAN.flag("pretrain", "batch_size")),
+    "cl_epochs": 5, "cl_step": 3, "cl_lr": float(PLAN.flag("cl", "lr")), "cl_penalty": float(PLAN.flag("cl", "penalty")),
+    "ft_epochs": 12, "ft_lr": float(PLAN.flag("ft", "lr")), "penalty": PLAN.penalty,
+    "batch_size": int(PLAN.flag("ft", "batch_size")),
+    "sweep_penalties": [p for p in PLAN.penalties if p != PLAN.penalty],
 }
 
 

@@ -5,34 +5,38 @@ over several seeds, reported beside the paper's figures.
     python reproduce.py --model R110_C10 --data_dir data/ (the paper's CIFAR-10 schedules, on GPUs)
     python reproduce.py --model R110_C10 --plan           (what it would run, and a rough cost)
 
-It trains the base ResNet and shallower ResNets of the same recipe
-(``pretrain.py``); then for every seed the curriculum (``cl_training.py``), the
-same epochs without a curriculum (``--cl_step K``: every block from the first
-epoch), joint finetuning at every penalty (``finetune.py``), the ResNet
-finetuned under FirstK and RandomK at BlockDrop's block count (``finetune.py
---policy``), and profiles each model (``test.py``), FirstK and RandomK on the
-frozen base too. Every step is printed as the command that reproduces it. A
-finished step is not run again when its settings and starting files are the
-same; an interrupted one continues. ``claims.py`` judges the claims, and the
-report goes to ``<out>/report.md``, ``report.json`` and ``figures/``.
+The runs are declared as data (``experiment.declare``): the base ResNet and
+shallower ResNets of the same recipe (``pretrain.py``); for every seed the
+curriculum (``cl_training.py``), the same epochs without one (``--cl_step
+K``), joint finetuning at every penalty and from the curriculum-free policy
+(``finetune.py``), FirstK, RandomK and DistributeK at BlockDrop's block count
+on the frozen ResNet (``test.py``) and finetuned (``finetune.py --policy``),
+and the easy and hard test images. Each run is printed as the command that
+reproduces it; a finished one is not run again when its settings and the
+files it starts from are the same, and an interrupted one continues. The
+outcomes go into ``experiment.Results``, ``claims.py`` judges them and
+``report.py`` writes ``<out>/report.md``, ``report.json`` and ``figures/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from claims import all_claims, claims_table, comparison_panels, report_markdown, trade_off
+from claims import all_claims
 from engine import predict
+from experiment import PLANS, Curve, Outcome, Plan, PlannedRun, Profile, Ref, Results, declare, with_flags
 from models import CONFIGS, build_agent, build_resnet, get_config
+from report import comparison_panels, curve_arms, report_markdown, trade_off
+from rl import learned_blocks
 from utils.bases import choose_base, load_base
-from utils.checkpoints import load_blockdrop
+from utils.checkpoints import load_blockdrop, policy_source
 from utils.cli import (
     ArgumentParser,
     BlockDropError,
@@ -48,59 +52,6 @@ from utils.distributed import setup, teardown
 from utils.files import atomic_write_bytes, writable_folder, write_json
 from utils.flops import agent_flops, resnet_flop_table
 from utils.pipeline import cached, content_sha256, recorded_seconds, run_step, run_training
-from utils.plots import claims_bars_figure, claims_tradeoff_figure, save_figure
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The experiments of one configuration: the schedules, penalties and seeds
-    (the ones a user may change are flags of reproduce.py), and the shallower
-    ResNets to compare with."""
-
-    shallower: tuple[str, ...]
-    base: tuple[str, ...]  # pretrain.py's flags for the base and the shallower ResNets
-    base_epochs: int | None  # pretrain.py's --epochs (None: the configuration's base as it is)
-    cl: tuple[str, ...]  # cl_training.py's flags
-    cl_epochs: int  # --max_epochs
-    cl_step: int
-    ft: tuple[str, ...]  # finetune.py's flags, for BlockDrop and the finetuned baselines alike
-    ft_epochs: int
-    penalties: tuple[float, ...]
-    penalty: float  # the finetuning penalty of claims 1b, 2, 4 and 5
-    seeds: int
-    workers: int
-    train_images: int  # for the cost estimate of --plan
-    test_images: int
-
-
-WHY = {
-    "R32_Digits": "the demo's schedule (the README says how it was chosen: the base trains at batch 64 to reach "
-                  "98.9%, the curriculum hands 3 blocks per epoch, finetuning runs at lr 1e-3), with finetuning "
-                  "cut from the demo's 13 epochs to 6 so that three seeds of the eight training runs each fit "
-                  "30 minutes on a 2-core CPU (on this data the finetuning's training accuracy under sampled "
-                  "policies passes 90% by its sixth epoch); alpha, beta, the reward and Adam are the paper's",
-    "R32_C10": "the paper's schedules (SPEC sections 4 and 5, the authors' README): the curriculum at batch 2048 "
-               "for 5000 epochs, finetuning at lr 1e-4 for 2000 epochs; three seeds",
-    "R110_C10": "the paper's schedules (SPEC sections 4 and 5, the authors' README), its penalties, three seeds",
-    "R101_ImgNet": "the paper's schedules (45 curriculum epochs, 10 finetuning epochs at γ = -5); one seed, for cost",
-}
-CIFAR_CL = ("--lr", "1e-3", "--penalty", "-1", "--batch_size", "2048")  # the authors' README
-CIFAR_FT = ("--lr", "1e-4", "--epoch_step", "1600", "--batch_size", "256")
-PLANS = {
-    # the demo's settings (README "Results" says how they were chosen), three seeds: fits a 2-core CPU
-    "R32_Digits": Plan(("R8_Digits", "R14_Digits", "R20_Digits", "R26_Digits"),
-                       ("--milestones", "6", "9", "--batch_size", "64"), 12,
-                       ("--lr", "1e-3", "--penalty", "-1", "--batch_size", "128"), 5, 3,
-                       ("--lr", "1e-3", "--batch_size", "128"), 5, (-1.0, -5.0, -10.0), -5.0, 3, 0, 1437, 360),
-    # the paper's Table 1 network, and its CIFAR-10 schedules (SPEC sections 4 and 5)
-    "R32_C10": Plan(("R20_C10",), (), 164, CIFAR_CL, 5000, 1, CIFAR_FT, 2000, (-1.0, -5.0, -10.0), -10.0, 3, 4,
-                    50000, 10000),
-    "R110_C10": Plan(("R20_C10", "R32_C10", "R44_C10", "R56_C10"), (), 164, CIFAR_CL, 5000, 1, CIFAR_FT, 2000,
-                     (-1.0, -2.0, -5.0, -10.0), -10.0, 3, 4, 50000, 10000),
-    # ImageNet: torchvision's ResNet-101 and, the shallower one, ResNet-50, from the torch hub cache; one seed
-    "R101_ImgNet": Plan(("R50_ImgNet",), (), None, ("--lr", "1e-3", "--penalty", "-1", "--batch_size", "2048"),
-                        45, 1, ("--lr", "1e-4", "--batch_size", "320"), 10, (-5.0,), -5.0, 1, 8, 1281167, 50000),
-}
 
 
 def get_args_parser() -> ArgumentParser:
@@ -133,49 +84,81 @@ def get_args_parser() -> ArgumentParser:
 
 def plan_of(args: argparse.Namespace) -> Plan:
     """The configuration's plan with the flags given applied, checked before any work."""
-    plan = PLANS[args.model]
-    changes = {k: v for k, v in {"seeds": args.seeds, "base_epochs": args.base_epochs, "cl_epochs": args.cl_epochs,
-                                  "ft_epochs": args.ft_epochs, "workers": args.workers}.items() if v is not None}
-    if args.penalties:
-        changes["penalties"] = tuple(args.penalties)
     if args.shallower is not None:
         unknown = [name for name in args.shallower if name not in CONFIGS]
         if unknown:
             raise BlockDropError(f"--shallower {unknown[0]}: not a configuration; choose from {', '.join(CONFIGS)}")
-        changes["shallower"] = tuple(args.shallower)
-    plan = replace(plan, **changes)
-    penalty = plan.penalty if args.penalty is None else args.penalty
-    if penalty not in plan.penalties:
-        raise BlockDropError(f"--penalty {penalty:g} is not one of --penalties {' '.join(f'{p:g}' for p in plan.penalties)}")
+    plan = with_flags(PLANS[args.model], seeds=args.seeds, base_epochs=args.base_epochs, cl_epochs=args.cl_epochs,
+                      ft_epochs=args.ft_epochs, workers=args.workers, penalty=args.penalty,
+                      penalties=tuple(args.penalties) if args.penalties else None,
+                      shallower=tuple(args.shallower) if args.shallower is not None else None)
+    listed = " ".join(f"{p:g}" for p in plan.penalties)
+    if plan.penalty not in plan.penalties:
+        raise BlockDropError(f"--penalty {plan.penalty:g} is not one of --penalties {listed}")
     if len({f"{p:g}" for p in plan.penalties}) != len(plan.penalties):
-        raise BlockDropError(f"--penalties {' '.join(f'{p:g}' for p in plan.penalties)}: two of them are the same "
-                             "to six digits and would share a folder; give each once")
+        raise BlockDropError(f"--penalties {listed}: two of them are the same to six digits and would share a "
+                             "folder; give each once")
     if args.base and not Path(args.base).is_file():
         raise BlockDropError(f"--base {args.base}: no such file")
-    return replace(plan, penalty=penalty)
+    return plan
 
 
 # --------------------------------------------------------------------------
-# the steps
+# making the runs
 # --------------------------------------------------------------------------
-class Steps:
-    """The plan's steps, each run once in its own folder under ``out`` (see
-    ``utils.pipeline``), and printed as the command that reproduces it."""
+class Executor:
+    """Makes each planned run once in its own folder under ``out`` (see
+    ``utils.pipeline``), printed as the command that reproduces it, and keeps
+    its outcome in ``results``."""
 
-    def __init__(self, args: argparse.Namespace, plan: Plan, out: Path):
-        self.args, self.plan, self.out, self.model = args, plan, out, args.model
-        self.common = ["--data_dir", args.data_dir, "--workers", str(plan.workers)]
+    def __init__(self, args: argparse.Namespace, out: Path, results: Results):
+        self.args, self.out, self.results = args, out, results
+        self.common = ["--data_dir", args.data_dir, "--workers", str(args.workers)]
         self.common += ["--device", args.device] if args.device else []
 
-    def base(self, model: str, seed: int) -> str:
-        """A base ResNet trained by pretrain.py with the plan's recipe, or, for a
-        plan without one, the configuration's own (torchvision's, for ImageNet)."""
-        if self.plan.base_epochs is None:
-            return str(choose_base(get_config(model), None))
-        folder = self.out / "bases" / f"{model}_seed_{seed}"
-        argv = ["--model", model, *self.common, *self.plan.base, "--epochs", str(self.plan.base_epochs),
-                "--seed", str(seed), "--cv_dir", str(folder)]
-        return run_training(folder, "pretrain.py", argv, {"argv": argv})["path"]
+    def resolve(self, run: PlannedRun) -> tuple[list[str], dict] | str:
+        """The run's flags with every Ref replaced by its value, and the SHA-256
+        of the files it starts from; or why it cannot be made."""
+        argv, starts = [], {}
+        for flag in run.flags:
+            if isinstance(flag, Ref):
+                value = getattr(self.results.get(flag.run), flag.field)
+                if value is None:
+                    return f"{flag.run} gave no {flag.field} ({self.results.get(flag.run).note or 'not measured'})"
+                if flag.field == "path":
+                    starts[f"{flag.run}_sha256"] = content_sha256(value)
+                flag = value
+            argv.append(str(flag))
+        if "--policy" in argv and "--k" in argv:
+            try:  # a K that the heuristic cannot keep (DistributeK under one block per stage)
+                policy_source(get_config(run.model), argv[argv.index("--policy") + 1], int(argv[argv.index("--k") + 1]))
+            except BlockDropError as exc:
+                return str(exc)
+        return argv, starts
+
+    def make(self, run: PlannedRun) -> Outcome:
+        if run.script == "given":
+            return Outcome(path=str(run.flags[0] or choose_base(get_config(run.model), None)))
+        resolved = self.resolve(run)
+        if isinstance(resolved, str):
+            print(f"\n# {run.name}: not run: {resolved}", flush=True)
+            return Outcome(note=resolved)
+        argv, starts = resolved
+        if run.script == "test.py":
+            return profiled(self.profile(self.out / f"{run.name}.json", run.model, argv, starts))
+        if run.script == "easy_hard":
+            return Outcome(**cached(self.out / f"{run.name}.json", {"argv": argv, **starts},
+                                    lambda: easy_and_hard(self.args, run.model, argv[1], argv[3])))
+        folder = self.out / run.name
+        argv = ["--model", run.model, *self.common, *argv, "--cv_dir", str(folder)]
+        trained = run_training(folder, run.script, argv, {"argv": argv, **starts})
+        if run.script == "pretrain.py":
+            return Outcome(path=trained["path"])
+        outcome = profiled(self.profile(folder / "profile.json", run.model, ["--load", trained["checkpoint"]],
+                                        {"checkpoint_sha256": content_sha256(trained["checkpoint"])}))
+        outcome.reward, outcome.path = trained["reward"], trained["checkpoint"]
+        outcome.curve = learning_curve(folder, run, get_config(run.model).num_blocks)
+        return outcome
 
     def profile(self, record: Path, model: str, flags: list[str], starts: dict) -> dict:
         """test.py's figures (accuracy, blocks, FLOPs, unique policies), kept in ``record``."""
@@ -183,191 +166,183 @@ class Steps:
                 "--json", str(record.with_name(record.stem + "_test.json"))]
         return cached(record, {"argv": argv, **starts}, lambda: run_step("test.py", argv))
 
-    def train(self, folder: Path, script: str, flags: list[str], starts: dict) -> dict:
-        """A training run of the deep configuration, and its last checkpoint's profile."""
-        argv = ["--model", self.model, *self.common, *flags, "--cv_dir", str(folder)]
-        trained = run_training(folder, script, argv, {"argv": argv, **starts})
-        ckpt = trained["checkpoint"]
-        profiled = self.profile(folder / "profile.json", self.model, ["--load", ckpt],
-                                {"checkpoint_sha256": content_sha256(ckpt)})
-        return {**profiled, "reward": trained["reward"], "checkpoint": ckpt}
+
+def profiled(figures: dict) -> Outcome:
+    profile = Profile.of(figures)
+    return Outcome(profile=profile, k=max(1, round(profile.block_usage)))
 
 
-def seed_runs(steps: Steps, seed: int, base: str) -> dict:
-    """Every run of one seed: the curriculum with and without, finetuning at
-    every penalty, and the baselines at BlockDrop's block count, frozen and finetuned."""
-    plan, folder = steps.plan, steps.out / f"seed_{seed}"
-    starts = {"base_sha256": content_sha256(base)}
-    seeded = ["--seed", str(seed), "--base", base]
-    cl = [*seeded, *plan.cl, "--max_epochs", str(plan.cl_epochs), "--test_every", str(max(1, plan.cl_epochs))]
-    ft = [*seeded, *plan.ft, "--max_epochs", str(plan.ft_epochs), "--test_every", str(max(1, plan.ft_epochs))]
-    runs = {"cl": steps.train(folder / "cl", "cl_training.py", [*cl, "--cl_step", str(plan.cl_step)], starts),
-            "nocl": steps.train(folder / "nocl", "cl_training.py",
-                                [*cl, "--cl_step", str(get_config(steps.model).num_blocks)], starts)}
-    runs["k_frozen"] = round(runs["cl"]["block_usage"])
-    for policy in ("firstk", "randomk"):
-        runs[f"{policy}_frozen"] = steps.profile(
-            folder / f"{policy}_frozen.json", steps.model,
-            ["--base", base, "--policy", policy, "--k", str(runs["k_frozen"]), "--seed", str(seed)], starts)
-
-    def finetuned(name: str, penalty: float, flags: list[str], start: str | None) -> dict:
-        return steps.train(folder / name, "finetune.py", [*ft, "--penalty", f"{penalty:g}", *flags],
-                           {**starts, "pretrained_sha256": content_sha256(start)})
-
-    runs["ft"] = {f"{p:g}": finetuned(f"ft_{p:g}", p, ["--pretrained", runs["cl"]["checkpoint"]],
-                                      runs["cl"]["checkpoint"]) for p in plan.penalties}
-    runs["k_ft"] = round(runs["ft"][f"{plan.penalty:g}"]["block_usage"])
-    for policy in ("firstk", "randomk"):
-        runs[f"{policy}_ft"] = finetuned(f"{policy}_ft", plan.penalty, ["--policy", policy, "--k", str(runs["k_ft"])],
-                                         None)
-    runs["ft_nocl"] = finetuned("ft_nocl", plan.penalty, ["--pretrained", runs["nocl"]["checkpoint"]],
-                                runs["nocl"]["checkpoint"])
-    chosen = runs["ft"][f"{plan.penalty:g}"]["checkpoint"]
-    runs["instance"] = cached(folder / "instance.json", {"checkpoint_sha256": content_sha256(chosen), **starts},
-                              lambda: easy_and_hard(steps, chosen, base))
-    return runs
+def learning_curve(folder: Path, run: PlannedRun, num_blocks: int) -> Curve:
+    """The run's training figures by epoch, from its ``metrics.jsonl``."""
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("split") == "train"]
+    flags = [str(f) for f in run.flags]
+    cl_step = int(flags[flags.index("--cl_step") + 1]) if "--cl_step" in flags else num_blocks
+    handover = next(e for e in range(num_blocks + 1) if learned_blocks(e, num_blocks, cl_step) >= num_blocks)
+    return Curve([r["epoch"] for r in rows], [r["reward"] for r in rows], [r["acc"] for r in rows],
+                 [r["blocks"] for r in rows], handover if run.script == "cl_training.py" else 0)
 
 
-def easy_and_hard(steps: Steps, checkpoint: str, base: str) -> dict:
+def easy_and_hard(args: argparse.Namespace, model_name: str, checkpoint: str, base: str) -> dict:
     """Blocks used by the half of the test images that the base ResNet is most
-    sure of (the easy half, by its top softmax probability) and by the other half."""
-    config = get_config(steps.model)
-    device = choose_device(steps.args.device)
-    model = load_blockdrop(checkpoint, steps.model, device=device)
+    sure of (the easy half, by its top softmax probability) and by the other
+    half, and the base's accuracy on each half."""
+    config = get_config(model_name)
+    device = choose_device(args.device)
+    model = load_blockdrop(checkpoint, model_name, device=device)
     full = build_resnet(config)
     load_base(full, Path(base), config.name)
-    _, testset = get_datasets(config, steps.args.data_dir)
+    _, testset = get_datasets(config, args.data_dir)
     loader = DataLoader(testset, batch_size=256, shuffle=False)
     used = predict(model, loader, device, desc="policies")["policies"].sum(1)
     with torch.no_grad():
         full = full.to(device).eval()
-        confidence = torch.cat([full(x.to(device)).softmax(1).max(1).values.cpu() for x, _ in loader])
-    easy = torch.zeros(len(confidence), dtype=torch.bool)
-    easy[confidence.argsort(descending=True, stable=True)[: len(confidence) // 2]] = True  # two halves, ties by order
+        logits = torch.cat([full(x.to(device)).cpu() for x, _ in loader])
+    correct = logits.argmax(1) == torch.cat([y for _, y in loader])
+    easy = torch.zeros(len(logits), dtype=torch.bool)
+    confidence = logits.softmax(1).max(1).values
+    easy[confidence.argsort(descending=True, stable=True)[: len(logits) // 2]] = True  # two halves, ties by order
     print(f"easy half: {used[easy].mean():.2f} blocks; hard half: {used[~easy].mean():.2f} blocks", flush=True)
     return {"easy_blocks": used[easy].mean().item(), "hard_blocks": used[~easy].mean().item(),
-            "easy_images": int(easy.sum()), "hard_images": int((~easy).sum())}
+            "easy_accuracy": correct[easy].double().mean().item(),
+            "hard_accuracy": correct[~easy].double().mean().item()}
 
 
-# --------------------------------------------------------------------------
-# the whole plan
-# --------------------------------------------------------------------------
 def default_out(model: str) -> Path:
     return Path("cv/reproduce") if model == "R32_Digits" else Path(f"cv/reproduce_{model}")
 
 
-def run_plan(args: argparse.Namespace, plan: Plan, out: Path) -> dict:
-    """Every step of the plan; returns the results that ``claims.py`` reads."""
-    steps = Steps(args, plan, out)
-    seeds = list(range(plan.seeds))
-    base = args.base or steps.base(args.model, 0)  # one base for every seed, as in the paper
-    full = steps.profile(out / "full.json", args.model, ["--base", base], {"base_sha256": content_sha256(base)})
-    shallow = {}
-    for name in plan.shallower:  # trained once, as the base is: the seeds vary the curriculum and finetuning
-        path = steps.base(name, 0)
-        shallow[name] = [steps.profile(out / "bases" / f"{name}_seed_0.json", name, ["--base", path],
-                                       {"base_sha256": content_sha256(path)})]
-    runs = {seed: seed_runs(steps, seed, base) for seed in seeds}
-    return {"model": args.model, "base": base, "test_images": full["images"], "seeds": seeds,
-            "penalty": plan.penalty, "penalty_key": f"{plan.penalty:g}",
-            "penalty_keys": [f"{p:g}" for p in plan.penalties], "full": full, "shallow": shallow, "runs": runs}
+def execute(args: argparse.Namespace, plan: Plan, out: Path) -> Results:
+    """Every run of the plan, in order; their outcomes."""
+    config = get_config(args.model)
+    results = Results(args.model, config.num_blocks, 0, list(range(plan.seeds)), list(plan.penalties), plan.penalty)
+    args.workers = plan.workers
+    executor = Executor(args, out, results)
+    for run in declare(plan, args.model, args.base):
+        results.outcomes[run.name] = executor.make(run)
+    results.test_images = results.get("full").profile.images
+    return results
 
 
-def cost(args: argparse.Namespace, plan: Plan) -> list[tuple[str, float]]:
-    """Training and profiling FLOPs of each kind of step (forward and backward
-    counted as three forward passes), for --plan's estimate."""
-    def flops(name: str, agent: bool = False) -> float:
-        config = get_config(name)
-        with torch.device("meta"):  # shapes only
-            if agent:
-                return agent_flops(build_agent(config), config.input_size)
-            always, blocks = resnet_flop_table(build_resnet(config), config.input_size)
-        return always + sum(blocks)
+# --------------------------------------------------------------------------
+# the cost of a plan
+# --------------------------------------------------------------------------
+def _flops(name: str, agent: bool = False) -> float:
+    config = get_config(name)
+    with torch.device("meta"):  # shapes only
+        if agent:
+            return agent_flops(build_agent(config), config.input_size)
+        always, blocks = resnet_flop_table(build_resnet(config), config.input_size)
+    return always + sum(blocks)
 
-    resnet, agent = flops(args.model), flops(args.model, agent=True)
-    n, seeds = plan.train_images, plan.seeds
-    rows = [(f"curriculum, with and without ({plan.cl_epochs + 1} epochs each)",
-             2 * seeds * (plan.cl_epochs + 1) * n * (3 * agent + 2 * resnet)),
-            (f"finetuning: {len(plan.penalties)} penalties, without curriculum, FirstK, RandomK "
-             f"({plan.ft_epochs + 1} epochs each)",
-             seeds * (plan.ft_epochs + 1) * n * ((len(plan.penalties) + 1) * (3 * agent + 4 * resnet) + 2 * 3 * resnet))]
-    if plan.base_epochs is not None:
-        rows.insert(0, (f"base and shallower ResNets ({plan.base_epochs} epochs each)",
-                        plan.base_epochs * n * 3 * (resnet + sum(flops(name) for name in plan.shallower))))
-    return rows
+
+def run_cost(run: PlannedRun, plan: Plan) -> float:
+    """A run's FLOPs: training counts forward and backward as three forward
+    passes; the curriculum runs the frozen ResNet twice, finetuning three
+    times (the sampled pass trains) and a heuristic's finetuning once."""
+    flags = [str(f) for f in run.flags]
+
+    def epochs(flag: str) -> int:
+        return int(flags[flags.index(flag) + 1])
+
+    resnet, agent = _flops(run.model), _flops(run.model, agent=True)
+    if run.script == "pretrain.py":
+        return epochs("--epochs") * plan.train_images * 3 * resnet
+    if run.script in ("test.py", "easy_hard"):
+        return plan.test_images * (agent + resnet)
+    per_image = 3 * agent + (2 * resnet if run.script == "cl_training.py" else 4 * resnet)
+    if "--policy" in flags:
+        per_image = 3 * resnet
+    return (epochs("--max_epochs") + 1) * plan.train_images * per_image
 
 
 def plan_text(args: argparse.Namespace, plan: Plan) -> str:
-    rows = cost(args, plan)
-    total = sum(f for _, f in rows)
+    runs = declare(plan, args.model, args.base)
+    by_script: dict[str, list[float]] = {}
+    for run in runs:
+        if run.script != "given":
+            by_script.setdefault(run.script, []).append(run_cost(run, plan))
+    total = sum(sum(v) for v in by_script.values())
     lines = [f"{args.model}: {plan.seeds} seed(s), penalties {', '.join(f'{p:g}' for p in plan.penalties)} "
-             f"(the claims at {plan.penalty:g}), shallower ResNets: {', '.join(plan.shallower) or 'none'}"]
-    lines += [f"  {what}: {flops:.2E} FLOPs" for what, flops in rows]
+             f"(the claims at {plan.penalty:g}), shallower ResNets: {', '.join(plan.shallower) or 'none'}; "
+             f"{len(runs)} runs"]
+    lines += [f"  {script}: {len(costs)} runs, {sum(costs):.2E} FLOPs" for script, costs in by_script.items()]
     lines.append(f"  in all {total:.2E} FLOPs: about {total / (args.gpu_tflops * 1e12) / 3600:.1f} GPU-hours at an "
                  f"effective {args.gpu_tflops:g} TFLOP/s (a rough figure: small networks reach a fraction of a "
                  "GPU's peak; data loading and evaluation come on top)")
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> dict:
     plan = plan_of(args)
     out = Path(args.out) if args.out else default_out(args.model)
     if args.plan:
         print(plan_text(args, plan))
         return {}
+    choose_device(args.device)  # a device that is not there is refused before anything is written
     writable_folder(out, "--out")
     started = time.time()
-    procs = setup(args.device)  # under torchrun, one process group for every step
+    procs = setup(args.device)  # under torchrun, one process group for every run
     try:
-        results = run_plan(args, plan, out)
+        results = execute(args, plan, out)
     finally:
         teardown(procs)
     if not procs.is_main:
-        return results
-    claims = all_claims(results)
+        return results.to_json()
+    assessments = all_claims(results)
     meta = {"minutes": (time.time() - started) / 60, "step_minutes": recorded_seconds(out) / 60,
-            "plan": dict(vars(plan)), "machine": machine(args),
-            "command": " ".join(["python reproduce.py", *_given_flags(args)]),
+            "machine": machine(args), "command": " ".join(["python reproduce.py", *_given_flags(args)]),
             "summary": f"BlockDrop on {args.model} ({get_config(args.model).num_blocks} blocks), its baselines and "
                        "ablations, run by this project's scripts.", "settings": settings_text(args, plan)}
-    report = write_report(out, results, claims, meta)
-    print(f"\n{report['table']}\n\nwritten: {out / 'report.md'}, {out / 'report.json'}, figures in {out / 'figures'}/ "
+    table = write_report(out, results, assessments, meta)
+    print(f"\n{table}\n\nwritten: {out / 'report.md'}, {out / 'report.json'}, figures in {out / 'figures'}/ "
           f"({meta['minutes']:.1f} minutes)")
-    return {**results, "claims": [vars(c) for c in claims], **meta}
+    return {"results": results.to_json(), "claims": [_as_json(a) for a in assessments], **meta}
 
 
-def write_report(out: Path, results: dict, claims: list, meta: dict) -> dict:
-    """``report.md`` (the claims' table, figures, every model, the settings),
-    ``report.json`` (everything) and the two figures under ``figures/``."""
-    seeds = len(results["seeds"])
-    points = trade_off(results)
-    full = {"flops": results["full"]["resnet_flops"], "accuracy": results["full"]["accuracy"]}
-    save_figure(claims_tradeoff_figure(points, full, f"{results['model']}: accuracy against FLOPs "
-                                                     f"(mean ± std over {seeds} seed{'s' * (seeds > 1)})"),
+def _as_json(assessment) -> dict:
+    return {**vars(assessment), "verdict": assessment.verdict.value}
+
+
+def write_report(out: Path, results: Results, assessments: list, meta: dict) -> str:
+    """``report.md``, ``report.json`` (results, claims, settings) and the figures under ``figures/``."""
+    from report import claims_table
+    from utils.plots import claims_bars_figure, claims_tradeoff_figure, learning_curves_figure, save_figure
+
+    seeds = len(results.seeds)
+    full = {"flops": results.value("full", "resnet_flops"), "accuracy": results.value("full", "accuracy")}
+    save_figure(claims_tradeoff_figure(trade_off(results), full, f"{results.model}: accuracy against FLOPs "
+                                                                 f"(mean ± std over {seeds} seed{'s' * (seeds > 1)})"),
                 out / "figures" / "tradeoff.png")
-    save_figure(claims_bars_figure(comparison_panels(results), f"{results['model']}: learned against heuristic "
+    save_figure(claims_bars_figure(comparison_panels(results), f"{results.model}: learned against heuristic "
                                                                "policies, and the curriculum's effect"),
                 out / "figures" / "comparisons.png")
-    atomic_write_bytes(out / "report.md", report_markdown(results, claims, meta).encode())
-    write_json(out / "report.json", {**results, "claims": [vars(c) for c in claims], "trade_off": points, **meta})
-    return {"table": claims_table(claims, seeds)}
+    save_figure(learning_curves_figure(*curve_arms(results)), out / "figures" / "curves.png")
+    atomic_write_bytes(out / "report.md", report_markdown(results, assessments, meta).encode())
+    write_json(out / "report.json", {"results": results.to_json(), "claims": [_as_json(a) for a in assessments],
+                                     **meta})
+    return claims_table(assessments, seeds)
 
 
 def settings_text(args: argparse.Namespace, plan: Plan) -> str:
     """The plan's settings in words, and why they were chosen."""
-    base = (f"`pretrain.py {' '.join(plan.base)} --epochs {plan.base_epochs}`" if plan.base_epochs is not None
-            else "the configuration's own weights")
+    base = (f"`pretrain.py {' '.join(plan.pretrain_flags)} --epochs {plan.base_epochs}`"
+            if plan.base_epochs is not None else "the configuration's own weights")
+    k = get_config(args.model).num_blocks
     lines = [f"- base ResNet and shallower ResNets ({', '.join(plan.shallower) or 'none'}): {base}"
              + (f" (here: `--base {args.base}`)" if args.base else ""),
-             f"- curriculum: `cl_training.py {' '.join(plan.cl)} --max_epochs {plan.cl_epochs} --cl_step "
-             f"{plan.cl_step}`; without it: `--cl_step {get_config(args.model).num_blocks}` (every block from "
-             "the first epoch, the same epochs)",
-             f"- finetuning: `finetune.py {' '.join(plan.ft)} --max_epochs {plan.ft_epochs}` at penalties "
-             f"{', '.join(f'{p:g}' for p in plan.penalties)}; FirstK and RandomK finetuned with the same flags "
-             f"(`--policy firstk|randomk --k K`) at BlockDrop's mean block count at γ = {plan.penalty:g}, rounded",
+             f"- curriculum: `cl_training.py {' '.join(plan.cl_flags)} --max_epochs {plan.cl_epochs} --cl_step "
+             f"{plan.cl_step}`; without it: `--cl_step {k}` (every block from the first epoch, the same epochs)",
+             f"- finetuning: `finetune.py {' '.join(plan.ft_flags)} --max_epochs {plan.ft_epochs}` at penalties "
+             f"{', '.join(f'{p:g}' for p in plan.penalties)}; FirstK, RandomK and DistributeK finetuned with the "
+             f"same flags (`--policy firstk|randomk|distributek --k K`) at BlockDrop's mean block count at "
+             f"γ = {plan.penalty:g}, rounded",
              f"- seeds {', '.join(str(s) for s in range(plan.seeds))}: the curriculum, finetuning and RandomK's draws; "
              "the deep base and each shallower ResNet are trained once (seed 0), as the paper trains one base",
-             f"- why: {WHY[args.model]}"]
+             f"- why: {plan.why}"]
     return "\n".join(lines)
 
 

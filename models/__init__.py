@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torchvision.models import ResNet50_Weights, ResNet101_Weights
 
-from .baselines import POLICY_SOURCES, FirstK, FixedPolicy, RandomK, fixed_policy
+from .baselines import POLICY_SOURCES, DistributeK, FirstK, FixedPolicy, RandomK, distribute, fixed_policy
 from .blockdrop import BlockDrop
 from .keys import to_flat_keys, to_standard_keys
 from .policy import RESNET18_WEIGHTS, PolicyNet, cifar_policy, force_prefix, greedy_policy, imagenet_policy
@@ -21,7 +21,7 @@ __all__ = [
     "CONFIGS", "ModelConfig", "get_config", "build_resnet", "build_agent", "BlockDrop",
     "FlatResNet", "PolicyNet", "BasicBlock", "Bottleneck", "RESNET18_WEIGHTS",
     "greedy_policy", "force_prefix", "to_flat_keys", "to_standard_keys",
-    "POLICY_SOURCES", "FixedPolicy", "FirstK", "RandomK", "fixed_policy",
+    "POLICY_SOURCES", "FixedPolicy", "FirstK", "RandomK", "DistributeK", "distribute", "fixed_policy",
 ]
 
 
@@ -38,9 +38,14 @@ class ModelConfig:
 
     @property
     def num_blocks(self) -> int:
+        return sum(self.stage_sizes)
+
+    @property
+    def stage_sizes(self) -> list[int]:
+        """The blocks of each stage (the paper's residual segments)."""
         if self.arch == "cifar":
-            return 3 * ((self.depth - 2) // 6)
-        return sum(IMAGENET_LAYERS[self.depth][1])
+            return [(self.depth - 2) // 6] * 3
+        return list(IMAGENET_LAYERS[self.depth][1])
 
     @property
     def input_size(self) -> int:

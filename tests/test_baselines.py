@@ -12,7 +12,7 @@ import torch
 import finetune
 from benchmarks import speed
 from conftest import assert_one_line_error, cifar_block_costs, cifar_folder, run_main
-from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config
+from models import BlockDrop, build_agent, build_resnet, distribute, fixed_policy, get_config
 from rl import RLConfig, train_step
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
 from utils.pipeline import load_script
@@ -21,7 +21,7 @@ K = 15  # R32: 5 blocks per stage
 
 
 def test_firstk_keeps_exactly_the_first_k_blocks_of_every_image():
-    for k in (0, 1, 7, K):
+    for k in (1, 7, K):
         policy, value = fixed_policy("firstk", K, k)(torch.zeros(4, 3, 32, 32))
         assert value is None
         assert policy.tolist() == [[1.0] * k + [0.0] * (K - k)] * 4
@@ -56,9 +56,46 @@ def test_randomk_draws_the_same_policies_at_any_batch_size_and_in_every_evaluati
 
 
 def test_k_out_of_range_is_refused():
-    for k in (-1, K + 1):
-        with pytest.raises(ValueError, match="between 0 and the 15 blocks"):
+    for k in (-1, 0, K + 1):
+        with pytest.raises(ValueError, match="between 1 and the 15 blocks"):
             fixed_policy("firstk", K, k)
+
+
+def test_distributek_keeps_exactly_k_blocks_the_first_of_each_stage():
+    for k in range(3, K + 1):
+        policy = fixed_policy("distributek", K, k, stage_sizes=[5, 5, 5])(torch.zeros(2, 3, 32, 32))[0]
+        assert policy.sum(1).tolist() == [k, k]
+        split = distribute(k, [5, 5, 5])
+        stages = policy[0].view(3, 5)
+        assert stages.sum(1).tolist() == split
+        for row, kept in zip(stages.tolist(), split):
+            assert row == [1.0] * kept + [0.0] * (5 - kept)  # the first blocks of the stage
+
+
+def test_distributek_splits_evenly_and_gives_the_deepest_stages_the_extra_blocks():
+    assert distribute(9, [5, 5, 5]) == [3, 3, 3]
+    assert distribute(10, [5, 5, 5]) == [3, 3, 4]
+    assert distribute(11, [5, 5, 5]) == [3, 4, 4]
+    assert distribute(3, [5, 5, 5]) == [1, 1, 1]
+    assert distribute(15, [5, 5, 5]) == [5, 5, 5]
+    assert distribute(20, [3, 4, 23, 3]) == [3, 4, 10, 3]  # ResNet-101: full stages pass their share on
+    assert distribute(8, [3, 4, 23, 3]) == [2, 2, 2, 2]
+    for k in (2, 0, 16):
+        with pytest.raises(ValueError, match="between 3 and 15"):
+            distribute(k, [5, 5, 5])
+
+
+def test_distributek_costs_the_same_for_the_same_split(built_models):
+    resnet = built_models("R32_C10")
+    table = resnet_flop_table(resnet, 32)
+    costs = cifar_block_costs(5)
+    policy = fixed_policy("distributek", K, 10, stage_sizes=[5, 5, 5])(torch.zeros(1, 3, 32, 32))[0]
+    assert policy_flops(table, policy).item() == table[0] + sum(costs[:3] + costs[5:8] + costs[10:14])
+    moved = torch.zeros(1, K)  # the same 4 + 3 + 3 split, the extra block in the first stage instead
+    moved[0, [0, 1, 2, 3, 5, 6, 7, 10, 11, 12]] = 1
+    assert policy_flops(table, moved).item() == policy_flops(table, policy).item()
+    even = [fixed_policy("distributek", K, k, stage_sizes=[5, 5, 5])(torch.zeros(1, 3, 32, 32))[0] for k in (3, 6)]
+    assert policy_flops(table, even[1]).item() - policy_flops(table, even[0]).item() == 3 * costs[1]
 
 
 def test_a_fixed_policy_costs_what_its_blocks_cost_and_nothing_for_a_policy_network(built_models):
@@ -131,6 +168,10 @@ def test_finetune_and_test_with_a_fixed_policy_end_to_end(folder):
     frozen = run_main(test, *common, "--base", "base.t7", "--policy", "firstk", "--k", "3", "--time_images", "0",
                       cwd=folder)
     assert "Block Usage: 3.000 ± 0.000" in frozen.stdout and "Unique Policies: 1" in frozen.stdout
+    spread = run_main(test, *common, "--base", "base.t7", "--policy", "distributek", "--k", "7", "--time_images", "0",
+                      "--json", "dk.json", cwd=folder)
+    assert "Block Usage: 7.000 ± 0.000" in spread.stdout, spread.stderr
+    assert json.loads((folder / "dk.json").read_text())["policy"]["policy"] == "distributek"
     learned = run_main(test, *common, "--load", ckpt, "--policy", "learned", cwd=folder)
     assert "--policy randomk --k 7" in assert_one_line_error(learned)
 
@@ -138,8 +179,11 @@ def test_finetune_and_test_with_a_fixed_policy_end_to_end(folder):
 @pytest.mark.parametrize("flags,named", [
     (["--policy", "firstk"], "needs --k"),
     (["--policy", "firstk", "--k", "16"], "has 15 blocks"),
-    (["--k", "3"], "applies to --policy firstk or randomk only"),
-    (["--policy", "firstk", "--k", "-1"], "--k"),
+    (["--k", "3"], "applies to --policy firstk, randomk or distributek only"),
+    (["--policy", "firstk", "--k", "-1"], "give 1 to 15"),
+    (["--policy", "randomk", "--k", "0"], "give 1 to 15"),
+    (["--policy", "distributek", "--k", "2"], "at least one block of each of its 3 stages"),
+    (["--policy", "distributek", "--k", "16"], "has 15 blocks"),
     (["--policy", "maxk", "--k", "3"], "--policy"),
 ])
 def test_bad_policy_flags_are_one_line_and_touch_nothing(folder, flags, named):

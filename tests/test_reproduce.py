@@ -11,11 +11,14 @@ import pytest
 
 import reproduce
 import utils.data
+from claims import Verdict
 from conftest import assert_legible_png, assert_one_line_error, run_main
+from experiment import PLANS, Ref, Results, declare
+from utils.pipeline import load_script
 
 FLAGS = ["--seeds", "2", "--base_epochs", "1", "--cl_epochs", "0", "--ft_epochs", "0", "--penalties", "-1", "-5",
          "--penalty", "-5", "--shallower", "R8_Digits", "--device", "cpu"]
-VERDICTS = {"holds", "does not hold", "not shown (within noise)", "partly", "not shown (no comparable point)"}
+VERDICTS = {v.value for v in Verdict}
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +44,31 @@ def test_every_step_runs_as_its_command_and_the_report_judges_every_claim(first)
     folder, result = first
     out = folder / "out"
     for command in ("$ python pretrain.py --model R32_Digits", "$ python pretrain.py --model R8_Digits",
-                    "$ python cl_training.py", "--cl_step 3", "--cl_step 15", "--policy firstk --k",
+                    "$ python cl_training.py", "--cl_step 1", "--cl_step 15", "--policy firstk --k",
                     "--policy randomk --k", "--pretrained out/seed_1/nocl/ckpt_E_0_", "$ python test.py"):
         assert command in result.stdout, command
     report = json.loads((out / "report.json").read_text())
     assert [c["number"] for c in report["claims"]] == ["1", "1b", "2", "3", "3b", "4", "5"]
     assert all(c["verdict"] in VERDICTS for c in report["claims"]), [c["verdict"] for c in report["claims"]]
-    assert report["seeds"] == [0, 1] and report["test_images"] == 36 and set(report["runs"]) == {"0", "1"}
-    for run in report["runs"].values():
-        assert run["firstk_frozen"]["block_usage"] == run["k_frozen"]  # FirstK at the curriculum's block count
-        assert run["randomk_ft"]["block_usage"] == run["k_ft"] and run["randomk_ft"]["block_usage_std"] == 0
-        assert run["k_ft"] == round(run["ft"]["-5"]["block_usage"])
+    results = Results.from_json(report["results"])
+    assert results.seeds == [0, 1] and results.test_images == 36
+    for seed in (0, 1):
+        cl, ft = results.get(f"seed_{seed}/cl"), results.get(f"seed_{seed}/ft_-5")
+        assert results.get(f"seed_{seed}/firstk_frozen").profile.block_usage == cl.k  # at the curriculum's count
+        randomk = results.get(f"seed_{seed}/randomk_ft").profile
+        assert randomk.block_usage == ft.k and randomk.block_usage_std == 0
+        assert ft.k == max(1, round(ft.profile.block_usage))
+        assert cl.curve.epoch == [0] and cl.curve.handover == 14  # one block per epoch: 15 blocks by epoch 14
+        distributek = results.get(f"seed_{seed}/distributek_frozen")
+        assert (distributek.profile is not None) == (cl.k >= 3)  # at least one block of each of the 3 stages
+        if distributek.profile is None:
+            assert "stages" in distributek.note and f"seed_{seed}/distributek_frozen: not run" in result.stdout
+    assert {c["number"]: c["verdict"] for c in report["claims"]}["4"] in ("still rising", "not measured",
+                                                                          "not testable here")
     text = (out / "report.md").read_text()
     assert "| 1b |" in text and "88.6%" in text and "over 2 seeds" in text and "## Settings" in text
-    for name in ("tradeoff.png", "comparisons.png"):
+    assert "## The paper's Table 1 beside ours" in text and "| DistributeK | 23.4/10 → 90.2/7 |" in text
+    for name in ("tradeoff.png", "comparisons.png", "curves.png"):
         assert_legible_png(out / "figures" / name)
 
 
@@ -103,5 +117,36 @@ def test_bad_input_is_one_line_and_touches_nothing(tmp_path, flags, named):
 def test_the_plan_prints_the_runs_and_a_cost_without_running_anything(tmp_path):
     result = run_main(reproduce, "--model", "R110_C10", "--plan", cwd=tmp_path)
     assert result.returncode == 0 and "R20_C10, R32_C10, R44_C10, R56_C10" in result.stdout
+    assert "finetune.py: " in result.stdout and "cl_training.py: 6 runs" in result.stdout
     assert "GPU-hours" in result.stdout and "-10" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("model", list(PLANS))
+def test_every_declared_run_parses_with_its_scripts_own_parser(model):
+    runs = declare(PLANS[model], model)
+    names = [run.name for run in runs]
+    assert len(names) == len(set(names))  # one folder each
+    for i, run in enumerate(runs):
+        assert all(ref in names[:i] for ref in run.starts_from), run.name  # after what it starts from
+        if not run.script.endswith(".py"):
+            continue
+        argv = ["--model", run.model, "--data_dir", "data/", "--workers", "0"]
+        argv += [("3" if f.field == "k" else "file.t7") if isinstance(f, Ref) else str(f) for f in run.flags]
+        if run.trains:
+            argv += ["--cv_dir", f"out/{run.name}"]
+        parsed = load_script(run.script).get_args_parser().parse_args(argv)  # a bad flag exits
+        assert parsed.model == run.model
+    seeds = PLANS[model].seeds
+    assert sum(run.script == "cl_training.py" for run in runs) == 2 * seeds
+    assert sum(run.script == "finetune.py" for run in runs) == seeds * (len(PLANS[model].penalties) + 4)
+
+
+def test_the_demo_reads_the_digits_plan():
+    import demo
+
+    plan = PLANS["R32_Digits"]
+    assert demo.DEFAULTS["base_epochs"] == plan.base_epochs and demo.DEFAULTS["penalty"] == plan.penalty
+    assert demo.DEFAULTS["base_milestones"] == [int(m) for m in plan.values("pretrain", "milestones")]
+    assert demo.DEFAULTS["ft_lr"] == float(plan.flag("ft", "lr"))
+    assert sorted([demo.DEFAULTS["penalty"], *demo.DEFAULTS["sweep_penalties"]]) == sorted(plan.penalties)

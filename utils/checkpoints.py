@@ -45,7 +45,7 @@ def recorded_policy(obj: object) -> dict | None:
     """The fixed policy (FirstK, RandomK) that a checkpoint's ResNet was
     finetuned under, from its arguments; None for the policy network's."""
     args = obj.get("args") if isinstance(obj, dict) else None
-    if isinstance(args, dict) and args.get("policy") in ("firstk", "randomk"):
+    if isinstance(args, dict) and args.get("policy") in ("firstk", "randomk", "distributek"):
         return {"policy": args["policy"], "k": args["k"], "seed": args.get("seed") or 0}
     return None
 
@@ -58,7 +58,7 @@ def policy_source(config, policy: str | None = None, k: int | None = None, seed:
     policy = policy or (recorded or {}).get("policy") or "learned"
     if policy == "learned":
         if k is not None:
-            raise BlockDropError(f"--k {k} applies to --policy firstk or randomk only")
+            raise BlockDropError(f"--k {k} applies to --policy firstk, randomk or distributek only")
         if recorded:
             raise BlockDropError(f"the checkpoint holds no policy network: its ResNet was finetuned under "
                                  f"--policy {recorded['policy']} --k {recorded['k']}; profile it with that policy")
@@ -66,10 +66,14 @@ def policy_source(config, policy: str | None = None, k: int | None = None, seed:
     if recorded and policy == recorded["policy"] and k is None:
         k, seed = recorded["k"], recorded["seed"]
     if k is None:
-        raise BlockDropError(f"--policy {policy} needs --k, the number of blocks it keeps (0 to {config.num_blocks})")
-    if k > config.num_blocks:
-        raise BlockDropError(f"--k {k}: {config.name} has {config.num_blocks} blocks; give 0 to {config.num_blocks}")
-    return fixed_policy(policy, config.num_blocks, k, seed)
+        raise BlockDropError(f"--policy {policy} needs --k, the number of blocks it keeps (1 to {config.num_blocks})")
+    low = len(config.stage_sizes) if policy == "distributek" else 1
+    if not low <= k <= config.num_blocks:
+        why = (f"DistributeK keeps at least one block of each of its {low} stages" if policy == "distributek" and k
+               else "a policy keeps at least one block")
+        raise BlockDropError(f"--k {k}: {config.name} has {config.num_blocks} blocks and {why}; "
+                             f"give {low} to {config.num_blocks}")
+    return fixed_policy(policy, config.num_blocks, k, seed, config.stage_sizes)
 
 
 def load_blockdrop_checkpoint(path: Path, model_name: str, agent: nn.Module,

@@ -142,8 +142,11 @@ def add_policy_flags(parser: argparse.ArgumentParser, what: str, seed: bool = Fa
     """``--policy`` and ``--k``: the paper's heuristic baselines in the policy network's place."""
     parser.add_argument("--policy", choices=POLICY_SOURCES, default=None,
                         help=f"learned: the policy network, when not given; firstk: the first --k blocks for every "
-                             f"image; randomk: --k blocks drawn uniformly at random per image; {what}")
-    parser.add_argument("--k", type=nonnegative_int, default=None, help="blocks kept by --policy firstk or randomk")
+                             f"image; randomk: --k blocks drawn uniformly at random per image; distributek: --k "
+                             f"blocks spread evenly over the stages, the first of each stage (the deepest stages get "
+                             f"the extra blocks when --k does not divide); {what}")
+    parser.add_argument("--k", type=int, default=None,
+                        help="blocks kept by --policy firstk, randomk or distributek (1 to the model's blocks)")
     if seed:
         parser.add_argument("--seed", type=int, default=0, help="seed of --policy randomk's draws")
 

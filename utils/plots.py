@@ -264,7 +264,7 @@ def _accuracy_against_flops(ax, title: str, xlabel: str, decimals: int, margin: 
 
 
 SERIES_COLORS = {"BlockDrop": KEPT_COLOR, "shallower ResNets": "#3c8d40", "FirstK, finetuned": "#d9822b",
-                 "RandomK, finetuned": "#8e44ad"}
+                 "RandomK, finetuned": "#8e44ad", "DistributeK, finetuned": "#c0392b"}
 
 
 def claims_tradeoff_figure(series: dict[str, list[dict]], full: dict | None, title: str = "") -> Figure:
@@ -293,8 +293,8 @@ def claims_tradeoff_figure(series: dict[str, list[dict]], full: dict | None, tit
     return fig
 
 
-BAR_COLORS = {"BlockDrop": KEPT_COLOR, "FirstK": "#d9822b", "RandomK": "#8e44ad", "curriculum": KEPT_COLOR,
-              "none": "0.55"}
+BAR_COLORS = {"BlockDrop": KEPT_COLOR, "FirstK": "#d9822b", "RandomK": "#8e44ad", "DistributeK": "#c0392b",
+              "curriculum": KEPT_COLOR, "none": "0.55"}
 
 
 def claims_bars_figure(panels: list[tuple[str, list[tuple[str, float, float]]]], title: str = "") -> Figure:
@@ -315,6 +315,36 @@ def claims_bars_figure(panels: list[tuple[str, list[tuple[str, float, float]]]],
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (mean ± std over seeds)")
     fig.suptitle(title or "The paper's comparisons", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+ARM_COLORS = {"curriculum": KEPT_COLOR, "no curriculum": "#d9822b"}
+
+
+def learning_curves_figure(arms: dict[str, list[dict]], handover: dict[str, int], title: str = "") -> Figure:
+    """Training figures against the epoch, one panel each for the reward, the
+    accuracy and the blocks used; one line per seed of each arm (``arms``
+    maps a name to curves: dicts of equal-length lists ``epoch``, ``reward``,
+    ``accuracy``, ``blocks``), the epoch of each arm's handover marked."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), dpi=DPI)
+    for name, curves in arms.items():
+        color = ARM_COLORS.get(name, "0.4")
+        for i, curve in enumerate(curves):
+            for ax, key in zip(axes, ("reward", "accuracy", "blocks")):
+                ax.plot(curve["epoch"], curve[key], color=color, alpha=0.85, linewidth=1.1,
+                        label=name if i == 0 else None)
+        if name in handover and handover[name] > 0:
+            for ax in axes:
+                ax.axvline(handover[name], color=color, linestyle=":", linewidth=1)
+    for ax, label in zip(axes, ("training reward", "training accuracy (sampled policies)", "blocks used")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    axes[0].legend(frameon=False, fontsize=9)
+    fig.suptitle(title or "The curriculum's learning curves (one line per seed; dotted: the policy decides every "
+                          "block from here)", fontsize=11)
     fig.tight_layout()
     return fig
 
