@@ -161,7 +161,8 @@ class Step:
     """One training step of ``name`` at batch ``batch``, its policies keeping a
     ``keep`` share of the blocks, in one phase and one execution form."""
 
-    def __init__(self, name: str, batch: int, keep: float, joint: bool, execution: str, device: torch.device):
+    def __init__(self, name: str, batch: int, keep: float, joint: bool, execution: str, device: torch.device,
+                 amp: torch.dtype | None = None):
         cfg = get_config(name)
         torch.manual_seed(0)
         self.resnet, self.agent = build_resnet(cfg).to(device, **LAYOUT), build_agent(cfg).to(device, **LAYOUT)
@@ -174,7 +175,7 @@ class Step:
         self.optimizer = torch.optim.Adam(params, lr=1e-4)
         self.x = torch.rand(batch, 3, cfg.input_size, cfg.input_size, device=device).contiguous(**LAYOUT)
         self.y = torch.randint(0, cfg.num_classes, (batch,), device=device)
-        self.rl = RLConfig(alpha=1.0, penalty=-5.0, joint=joint, execution=execution)
+        self.rl = RLConfig(alpha=1.0, penalty=-5.0, joint=joint, execution=execution, amp=amp)
         self.num_blocks, self.device = cfg.num_blocks, device
         self.seconds, self.kept = [], []
 
@@ -214,9 +215,69 @@ def training_rows(name: str, batch: int, repeats: int, device: torch.device) -> 
     return rows
 
 
+def fastest(run, repeats: int, device: torch.device) -> float:
+    """The fastest of ``repeats`` calls of ``run`` after a warm-up, in seconds."""
+    run()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def curriculum_rows(name: str, batch: int, repeats: int, device: torch.device, keep: float = 0.7) -> list[dict]:
+    """Where a curriculum step's time goes: the policy network's forward and
+    backward pass with the optimizer step, and the frozen ResNet's two passes
+    (the greedy and the sampled policy, each block on the images that keep it);
+    the whole step as a ratio to one forward pass of the full ResNet; and the
+    curriculum and finetuning steps under bfloat16 autocast (``--amp``) as a
+    ratio to float32."""
+    step = Step(name, batch, keep, False, "per_image", device)
+    policy = random_policies(batch, step.num_blocks, keep).to(device)
+    x, resnet, agent = step.x, step.resnet, step.agent
+
+    def policy_pass():
+        step.optimizer.zero_grad(set_to_none=False)
+        agent(x)[0].sum().backward()
+        step.optimizer.step()
+
+    def resnet_pass():
+        with torch.no_grad():
+            resnet(x, policy, "per_image")
+
+    def full_pass():
+        with torch.no_grad():
+            resnet(x)
+
+    parts = {"step": lambda: step.run(timed=False), "policy": policy_pass, "resnet": resnet_pass, "full": full_pass}
+    seconds = {key: fastest(run, repeats, device) for key, run in parts.items()}
+    row = {"network": name, "batch": batch, "keep": keep, **seconds,
+           "policy_share": seconds["policy"] / seconds["step"], "passes_share": 2 * seconds["resnet"] / seconds["step"],
+           "step_ratio": seconds["step"] / seconds["full"]}
+    for phase, joint in (("curriculum", False), ("finetune", True)):
+        forms = {amp: Step(name, batch, keep, joint, "per_image" if not joint else "masked", device, amp)
+                 for amp in (None, torch.bfloat16)}
+        times = {amp: fastest(lambda s=s: s.run(timed=False), repeats, device) for amp, s in forms.items()}
+        row[f"{phase}_bf16_ratio"] = times[torch.bfloat16] / times[None]
+    return [row]
+
+
 # --------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------
+def curriculum_table(rows: list[dict]) -> str:
+    lines = ["| network | batch | blocks kept | curriculum step | policy network, forward and backward | "
+             "frozen ResNet, two passes | step / one full forward | bfloat16 / float32: curriculum step | "
+             "bfloat16 / float32: finetuning step |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['network']} | {r['batch']} | {r['keep']:.0%} | {1000 * r['step']:.0f} ms | "
+                     f"{r['policy_share']:.0%} | {r['passes_share']:.0%} | **{r['step_ratio']:.2f}** | "
+                     f"**{r['curriculum_bf16_ratio']:.2f}** | **{r['finetune_bf16_ratio']:.2f}** |")
+    return "\n".join(lines)
+
 def inference_table(rows: list[dict]) -> str:
     lines = ["| network | batch | policies | blocks kept | FLOPs ratio | time ratio, per image | "
              "time ratio, masked | full ResNet |",
@@ -269,6 +330,11 @@ def main(args: argparse.Namespace) -> str:
         print(f"training steps: {name}, batch 64", flush=True)
         training += training_rows(name, 64, 1 if quick else 7, device)
 
+    curriculum = []
+    for batch in (32, 128):
+        print(f"curriculum step: R32_Digits, batch {batch}", flush=True)
+        curriculum += curriculum_rows("R32_Digits", batch, 1 if quick else 7, device)
+
     layout = "channels-last" if args.channels_last else "contiguous (NCHW)"
     header = (f"Measured on {device} ({torch.get_num_threads()} threads), PyTorch {torch.__version__}, "
               f"{layout} memory format. "
@@ -276,7 +342,11 @@ def main(args: argparse.Namespace) -> str:
               "keep every block (training).")
     text = "\n\n".join([header, "**Inference** (eval mode)", inference_table(inference),
                         "**Training steps** (seconds per step; in brackets, the ratio to the 100% row)",
-                        training_table(training)]) + "\n"
+                        training_table(training),
+                        "**The curriculum step**, where its time goes (shares of the step; the frozen ResNet's "
+                        "passes each run a block on the images that keep it), the step as a ratio to one forward "
+                        "pass of the full ResNet at the same batch, and bfloat16 autocast (`--amp`) as a ratio to "
+                        "float32", curriculum_table(curriculum)]) + "\n"
     print("\n" + text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

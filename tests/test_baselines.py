@@ -214,3 +214,11 @@ def test_the_speed_benchmark_times_firstk_and_randomk_as_policy_sources():
     assert [r["policy"] for r in rows] == ["FirstK, K = 6 (40%)", "RandomK, K = 6 (40%)"]
     assert rows[0]["flops_ratio"] == pytest.approx((table[0] + sum(table[1][:6])) / full)
     assert all(r["blocks"] == 6 and r["per_image"] > 0 and r["masked"] > 0 for r in rows)
+
+
+def test_the_speed_benchmark_splits_a_curriculum_step_and_times_bfloat16():
+    row, = speed.curriculum_rows("R32_Digits", batch=4, repeats=1, device=torch.device("cpu"), keep=0.5)
+    assert row["step"] > 0 and row["full"] > 0 and row["step_ratio"] == row["step"] / row["full"]
+    assert 0 < row["policy_share"] < 2 and 0 < row["passes_share"] < 3  # parts timed apart from the step
+    assert row["curriculum_bf16_ratio"] > 0 and row["finetune_bf16_ratio"] > 0
+    assert "| R32_Digits | 4 | 50% |" in speed.curriculum_table([row])

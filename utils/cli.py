@@ -152,11 +152,11 @@ def add_policy_flags(parser: argparse.ArgumentParser, what: str, seed: bool = Fa
 
 
 def add_throughput_flags(parser: argparse.ArgumentParser) -> None:
-    """Settings for speed on GPUs; none of them changes a run on the CPU."""
+    """Settings for speed: --amp (on CUDA and on the CPU) and the memory format."""
     parser.add_argument("--amp", action="store_true",
-                        help="mixed precision on CUDA: bfloat16 autocast (float16 with a gradient scaler where the "
-                             "GPU has no bfloat16); the policy's probabilities, samples and log-likelihoods stay "
-                             "float32")
+                        help="mixed precision: bfloat16 autocast, on CUDA (float16 with a gradient scaler where the "
+                             "GPU has no bfloat16) and on the CPU; the policy's probabilities, samples and "
+                             "log-likelihoods stay float32. A run with --amp draws other numbers than a float32 run")
     parser.add_argument("--memory_format", choices=["auto", "channels_last", "contiguous"], default="auto",
                         help="the networks' memory format; auto: channels-last on CUDA, contiguous on the CPU")
 

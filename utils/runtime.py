@@ -1,7 +1,7 @@
 """How the networks run on the hardware, decided once per run: mixed
 precision (``--amp``), the memory format (``--memory_format``), data loaders
 (pinned, persistent, sharded under torchrun), and the wrapping of the
-networks for several GPUs. None of it changes a run on the CPU."""
+networks for several GPUs. Of these, only ``--amp`` changes a run on the CPU."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ from .distributed import Processes, main_print
 # precision and memory format
 # --------------------------------------------------------------------------
 def amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
-    """``--amp``: bfloat16 on CUDA where the GPU has it, else float16 (with a gradient scaler)."""
+    """``--amp``: bfloat16 autocast, on CUDA where the GPU has it (else float16,
+    with a gradient scaler) and on the CPU (an opt-in: it draws other numbers
+    than a float32 run, so a seeded run no longer follows the original's)."""
     if not amp:
         return None
-    if device.type != "cuda":
-        main_print("note: --amp applies on CUDA only; this run on the CPU stays in float32")
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def grad_scaler(precision: torch.dtype | None) -> torch.amp.GradScaler | None:
