@@ -172,6 +172,22 @@ def test_restart_checks_every_flag_before_the_earlier_run_is_moved(folder):
         assert files_of(folder / "cv" / "kept") == before
 
 
+def test_an_output_path_never_replaces_a_checkpoint(folder):
+    assert tiny(folder, cl_training, "--max_epochs", "0", "--cv_dir", "cv/profiled").returncode == 0
+    before = files_of(folder / "cv" / "profiled")
+    for target in ("last.t7", next(name for name in before if name.startswith("ckpt_E_0_"))):
+        result = run_main(load_script("test"), "--model", "R32_C10", "--data_dir", "data", "--device", "cpu",
+                          "--base", "base.t7", "--time_images", "0", "--json", f"cv/profiled/{target}", cwd=folder)
+        line = assert_one_line_error(result)
+        assert "--json" in line and target in line and "checkpoint" in line, line
+    assert files_of(folder / "cv" / "profiled") == before
+    again = folder / "cv" / "profiled" / "figures.json"
+    for _ in range(2):  # its own output it replaces
+        assert run_main(load_script("test"), "--model", "R32_C10", "--data_dir", "data", "--device", "cpu",
+                        "--base", "base.t7", "--time_images", "0", "--json", again, cwd=folder).returncode == 0
+    assert json.loads(again.read_text())["images"] == 4
+
+
 def test_resume_of_a_folder_that_does_not_exist_makes_nothing(folder):
     result = tiny(folder, finetune, "--resume", "--cv_dir", "cv/never")
     assert "no run to resume" in assert_one_line_error(result)

@@ -153,6 +153,55 @@ def writable_file(path: Path, flag: str) -> Path:
     return path
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_LARGEST_JSON = 64 << 20  # a report this project writes is far smaller
+
+
+def _holds_json(path: Path) -> bool:
+    if path.stat().st_size > _LARGEST_JSON:
+        return False
+    try:
+        json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return True
+
+
+def _holds_png(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+
+
+_OF_KIND = {"JSON": _holds_json, "PNG": _holds_png}
+
+
+def _what_is(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(b"PK\x03\x04"):
+        return "a PyTorch checkpoint or another zip archive"
+    if head.startswith(b"\x80"):
+        return "a pickle, such as a legacy PyTorch checkpoint"
+    if head.startswith(PNG_SIGNATURE):
+        return "a PNG image"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file"
+    return "a text file"
+
+
+def output_file(path: Path, flag: str, kind: str) -> Path:
+    """``writable_file``, and a file already there replaced only when it is of
+    the ``kind`` written ("JSON", "PNG") or empty: an output flag never replaces
+    a checkpoint, nor any other file."""
+    path = writable_file(path, flag)
+    if path.is_file() and path.stat().st_size and not _OF_KIND[kind](path):
+        raise BlockDropError(f"{flag} {path}: the file there is {_what_is(path)}, not a {kind} file, and would "
+                             f"be replaced; give a new {kind} file name")
+    return path
+
+
 # --------------------------------------------------------------------------
 # reading: weights only, every failure one line naming the file
 # --------------------------------------------------------------------------
