@@ -176,19 +176,8 @@ _OF_KIND = {"JSON": _holds_json, "PNG": _holds_png}
 
 
 def _what_is(path: Path) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
-    if head.startswith(b"PK\x03\x04"):
-        return "a PyTorch checkpoint or another zip archive"
-    if head.startswith(b"\x80"):
-        return "a pickle, such as a legacy PyTorch checkpoint"
-    if head.startswith(PNG_SIGNATURE):
-        return "a PNG image"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "a binary file"
-    return "a text file"
+    return {"zip": "a PyTorch checkpoint or another zip archive", "pickle": "a pickle, such as a legacy PyTorch "
+            "checkpoint", "png": "a PNG image", "text": "a text file", "binary": "a binary file"}[_format_of(path)]
 
 
 def output_file(path: Path, flag: str, kind: str) -> Path:
@@ -243,16 +232,24 @@ def load_state_file(path: Path) -> object:
         raise BlockDropError(f"{path}: {_unreadable(path)}") from exc
 
 
-def _unreadable(path: Path) -> str:
-    """What a file that torch cannot read looks like, in words."""
+def _format_of(path: Path) -> str:
+    """What a file holds, from its first bytes: zip, pickle, png, text or binary."""
     with open(path, "rb") as fh:
         head = fh.read(4096)
-    if head.startswith(b"PK\x03\x04"):
-        return "a truncated or damaged PyTorch checkpoint (its zip archive cannot be read)"
-    if head.startswith(b"\x80"):
-        return "a truncated or damaged PyTorch checkpoint (legacy format)"
+    for prefix, name in ((b"PK\x03\x04", "zip"), (b"\x80", "pickle"), (PNG_SIGNATURE, "png")):
+        if head.startswith(prefix):
+            return name
     try:
         head.decode("utf-8")
     except UnicodeDecodeError:
-        return "not a PyTorch checkpoint (an unknown binary format)"
-    return "a text file, not a PyTorch checkpoint"
+        return "binary"
+    return "text"
+
+
+def _unreadable(path: Path) -> str:
+    """What a file that torch cannot read looks like, in words."""
+    return {"zip": "a truncated or damaged PyTorch checkpoint (its zip archive cannot be read)",
+            "pickle": "a truncated or damaged PyTorch checkpoint (legacy format)",
+            "binary": "not a PyTorch checkpoint (an unknown binary format)",
+            "png": "not a PyTorch checkpoint (an unknown binary format)"}.get(
+        _format_of(path), "a text file, not a PyTorch checkpoint")
