@@ -264,3 +264,21 @@ def test_cifar_training_batches_without_images_are_an_empty_data_set(tmp_path, p
                       "--cv_dir", "cv/p", cwd=tmp_path)
     line = assert_one_line_error(result)
     assert "the data set is empty" in line and CIFAR10_FOLDER in line, line
+
+
+@pytest.mark.parametrize("batch,labels,named", [
+    ("data_batch_2", [3, 2**70], f"label {2**70}"),  # too large for any integer type
+    ("data_batch_2", [0.5, 1.5], "label 0.5"),  # not whole numbers
+    ("data_batch_2", [1.0, "cat"], "label 'cat'"),
+    ("test_batch", [], "test batches (test_batch) hold no images"),  # found before the first epoch, not after it
+], ids=["huge", "fractions", "a word", "empty test set"])
+def test_cifar_labels_that_are_not_class_indices_and_an_empty_test_set_are_refused_first(tmp_path, batch, labels,
+                                                                                        named):
+    cifar_folder(tmp_path, n_train=2, n_test=3, seed=0)
+    entry = {"batch_label": batch, "data": np.zeros((len(labels), 3072), dtype=np.uint8), "labels": labels}
+    (tmp_path / "data" / CIFAR10_FOLDER / batch).write_bytes(pickle.dumps(entry, protocol=2))
+    result = run_main(cl_training, "--model", "R32_C10", "--data_dir", "data", "--device", "cpu", "--workers", "0",
+                      "--base", "base.t7", "--max_epochs", "1", "--cv_dir", "cv/labels", cwd=tmp_path)
+    line = assert_one_line_error(result)
+    assert named in line and batch in line, line
+    assert "E: 0" not in result.stdout and not (tmp_path / "cv").exists()
