@@ -122,7 +122,8 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def run_sweep(args: argparse.Namespace) -> dict:
     check_inputs(args)
-    cv_dir = writable_folder(Path(args.cv_dir), "--cv_dir")
+    cv_dir = writable_folder(Path(args.cv_dir), "--cv_dir", create=False)  # made by its first file: a refusal
+    # of a file found bad later (a --base that is no network) leaves no empty folder behind
     starts = {"pretrained_sha256": content_sha256(args.pretrained), "base_sha256": base_sha256(args)}
     full = cached(cv_dir / "full_run.json", {"model": args.model, "base_sha256": starts["base_sha256"],
                                               "data_dir": args.data_dir, "limit": args.limit,

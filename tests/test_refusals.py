@@ -214,6 +214,16 @@ class RunsCode:
         return (Path.write_text, (Path(self.marker), "ran"))
 
 
+def test_a_sweep_refused_for_a_base_that_is_no_network_leaves_no_folder(folder):
+    (folder / "text_base.t7").write_text("not a network\n")
+    assert tiny(folder, cl_training, "--max_epochs", "0", "--cv_dir", "cv/sweep_start").returncode == 0
+    start = next((folder / "cv" / "sweep_start").glob("ckpt_E_0_*.t7"))
+    result = run_main(sweep, "--model", "R32_C10", "--pretrained", start, "--base", "text_base.t7", "--device", "cpu",
+                      "--cv_dir", "cv/text_sweep/deeper", "--data_dir", "data", cwd=folder)
+    assert "text_base.t7" in assert_one_line_error(result)
+    assert not (folder / "cv" / "text_sweep").exists()
+
+
 def test_a_crafted_pickle_is_refused_in_one_line_before_anything_is_written(folder):
     marker = folder / "ran"
     evil = folder / "evil.t7"
