@@ -41,7 +41,7 @@ from utils.cli import (
 from utils.data import get_datasets
 from utils.distributed import Processes, gather_rows, main_first, main_print, setup, teardown
 from utils.files import save_checkpoint
-from utils.runstate import LAST, RunState, prepare_run_folder
+from utils.runstate import LAST, FolderLock, RunState, prepare_run_folder
 from utils.runtime import (
     amp_dtype,
     autocast,
@@ -155,23 +155,26 @@ def main(args: argparse.Namespace) -> Path:
         teardown(procs)
 
 
-def open_folder(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> RunState | None:
-    """The run folder checked and held for this run until ``stack`` closes
-    (``--restart`` sets an earlier run aside, with the base it wrote) and, with
-    ``--resume``, the run's newest state, whose flags then replace ``args``'s."""
+def open_folder(args: argparse.Namespace, procs: Processes,
+                stack: ExitStack) -> tuple[RunState | None, FolderLock | None]:
+    """The run folder checked and held for this run until ``stack`` closes (the
+    main process's lock, whose ``begin`` sets an earlier run aside with the base
+    it wrote) and, with ``--resume``, the run's newest state, whose flags then
+    replace ``args``'s."""
     cv_dir = Path(args.cv_dir)
     lock = main_first(procs, lambda: prepare_run_folder(cv_dir, args.resume, args.restart,
                                                         files=[] if args.resume else finished_base(cv_dir)))
     if lock:
-        stack.callback(lock.release)
+        stack.push(lock.exit)
     if not args.resume:
-        return None
+        return None, lock
     path, state = RunState.newest(cv_dir)
+    state.check_script("pretrain.py", path)
     flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     vars(args).update(state.continued_flags(flags, getattr(args, "_given", frozenset()), RESUMABLE, path))
     when = f"after epoch {state.epoch}" if state.epoch >= 1 else "before its first epoch"
     main_print(f"resuming the run in {cv_dir} {when} ({path.name})")
-    return state
+    return state, lock
 
 
 def finished_base(cv_dir: Path) -> list[Path]:
@@ -187,7 +190,7 @@ def finished_base(cv_dir: Path) -> list[Path]:
 def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> Path:
     args.cv_dir = str(args.cv_dir or PRETRAINED_DIR / args.model)
     data = None if args.resume else get_datasets(get_config(args.model), args.data_dir)  # before any file moves
-    resumed = open_folder(args, procs, stack)
+    resumed, lock = open_folder(args, procs, stack)
     config = get_config(args.model)
     resnet = build_resnet(config) if resumed else None
     if resumed:
@@ -214,6 +217,8 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     if resumed:
         resumed.restore_rng(procs.rank, procs.world_size)
         phase.figures = resumed.figures
+    if lock:  # every check passed: an earlier run is set aside only now
+        lock.begin()
     train_epochs(begin_run(run, phase, fresh=resumed is None), phase, trainloader)
     return save_base(run.cv_dir, procs, args.epochs, config, resnet, phase.figures["acc"], trained=True)
 

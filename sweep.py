@@ -8,7 +8,8 @@ with ``test.py``; the full ResNet is profiled once. Everything lands in
 ``<cv_dir>/sweep.json`` and the curve in ``<cv_dir>/tradeoff.png``. A penalty
 whose ``run.json`` records the same settings (the same curriculum checkpoint and
 base, by content, and the same flags) is not finetuned again, so an interrupted
-sweep resumes; any other settings finetune it afresh.
+sweep resumes, and a finetuning run that was cut short goes on from its last
+saved state; any other settings finetune it afresh (the earlier run set aside).
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from utils.cli import (
     run_cli,
 )
 from utils.files import writable_folder, write_json
-from utils.pipeline import cached, content_sha256, run_step
+from utils.pipeline import cached, content_sha256, run_step, run_training
 from utils.plots import save_figure, tradeoff_figure
-from utils.runstate import run_files
 
 
 def get_args_parser() -> ArgumentParser:
@@ -70,6 +70,9 @@ def base_sha256(args: argparse.Namespace) -> str | None:
     return content_sha256(args.base or find_default_base(get_config(args.model)))
 
 
+PROFILE_ONLY = ("limit", "profile_batch_size")  # settings that change the profile, not the finetuned model
+
+
 def run_settings(args: argparse.Namespace, penalty: float, starts: dict) -> dict:
     """What decides a finetuned model: the files it starts from (``starts``: their
     SHA-256 digests) and the flags."""
@@ -89,7 +92,9 @@ def profile(args: argparse.Namespace, out: Path, load: Path | None, base: str | 
     return json.loads(out.read_text())
 
 
-def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path) -> dict:
+def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path, settings: dict) -> dict:
+    """The penalty's model finetuned in ``folder`` (a run of these ``settings``
+    that was cut short there is resumed; a run of others is set aside), then profiled."""
     argv = ["--model", args.model, "--data_dir", args.data_dir, "--pretrained", args.pretrained,
             "--penalty", str(penalty), "--cv_dir", str(folder), "--max_epochs", str(args.max_epochs),
             "--lr", str(args.lr), "--batch_size", str(args.batch_size),
@@ -97,8 +102,8 @@ def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path)
     argv += ["--base", args.base] if args.base else []
     argv += ["--device", args.device] if args.device else []
     argv += ["--seed", str(args.seed)] if args.seed is not None else []
-    argv += ["--restart"] if run_files(folder) else []  # other settings: a new run, the earlier one kept aside
-    last = run_step("finetune.py", argv)
+    trained = {k: v for k, v in settings.items() if k not in PROFILE_ONLY}
+    last = run_training(folder, "finetune.py", argv, trained)
     return profile(args, folder / "test.json", Path(last["checkpoint"]), None)
 
 
@@ -117,7 +122,8 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def run_sweep(args: argparse.Namespace) -> dict:
     check_inputs(args)
-    cv_dir = writable_folder(Path(args.cv_dir), "--cv_dir")
+    cv_dir = writable_folder(Path(args.cv_dir), "--cv_dir", create=False)  # made by its first file: a refusal
+    # of a file found bad later (a --base that is no network) leaves no empty folder behind
     starts = {"pretrained_sha256": content_sha256(args.pretrained), "base_sha256": base_sha256(args)}
     full = cached(cv_dir / "full_run.json", {"model": args.model, "base_sha256": starts["base_sha256"],
                                               "data_dir": args.data_dir, "limit": args.limit,
@@ -126,8 +132,10 @@ def run_sweep(args: argparse.Namespace) -> dict:
     runs = []
     for penalty in args.penalties:
         folder = penalty_dir(cv_dir, penalty)
-        runs.append({"penalty": penalty, **cached(folder / "run.json", run_settings(args, penalty, starts),
-                                                  lambda p=penalty, f=folder: finetune_and_profile(args, p, f))})
+        settings = run_settings(args, penalty, starts)
+        runs.append({"penalty": penalty, **cached(folder / "run.json", settings,
+                                                  lambda p=penalty, f=folder, s=settings:
+                                                  finetune_and_profile(args, p, f, s))})
     result = {"model": args.model, "pretrained": args.pretrained, "full": full, "runs": runs}
     write_json(cv_dir / "sweep.json", result)
     save_figure(tradeoff_figure(full, runs), cv_dir / "tradeoff.png")

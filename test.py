@@ -35,7 +35,7 @@ from utils.cli import (
     run_cli,
 )
 from utils.data import get_datasets
-from utils.files import load_state_file, writable_file, write_json
+from utils.files import load_state_file, output_file, write_json
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
 from utils.timing import seconds_per_image
 
@@ -128,7 +128,7 @@ def report(figures: dict) -> str:
 
 def main(args: argparse.Namespace) -> dict:
     if args.json:
-        writable_file(Path(args.json), "--json")  # before any work
+        output_file(Path(args.json), "--json", "JSON")  # before any work; never a checkpoint replaced
     config = get_config(args.model)
     device = choose_device(args.device)
     obj = load_state_file(args.load) if args.load else None

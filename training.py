@@ -23,7 +23,7 @@ from utils.cli import BlockDropError, seed_everything
 from utils.config import RESUMABLE, TrainConfig
 from utils.data import get_datasets
 from utils.distributed import Processes, main_first, main_print, setup, teardown
-from utils.runstate import RunState, prepare_run_folder
+from utils.runstate import FolderLock, RunState, prepare_run_folder
 from utils.runtime import amp_dtype, channels_layout, data_loaders, grad_scaler, parallelize
 
 # --------------------------------------------------------------------------
@@ -111,28 +111,30 @@ class RLPhase(Phase):
 # set-up
 # --------------------------------------------------------------------------
 def open_folder(cfg: TrainConfig, procs: Processes,
-                stack: ExitStack) -> tuple[TrainConfig, tuple[Path, RunState] | None]:
+                stack: ExitStack) -> tuple[TrainConfig, tuple[Path, RunState] | None, FolderLock | None]:
     """The run folder checked and held for this run until ``stack`` closes (by
-    the main process; the others wait for it) and, with ``--resume``, the
-    newest saved state and the run's own flags."""
+    the main process, whose lock is returned; the others wait for it) and, with
+    ``--resume``, the newest saved state and the run's own flags, checked."""
     cv_dir = Path(cfg.cv_dir)
     continuing = bool(cfg.load) and Path(cfg.load).resolve().parent == cv_dir.resolve()
     lock = main_first(procs, lambda: prepare_run_folder(cv_dir, cfg.resume, cfg.restart, continuing))
     if lock:
-        stack.callback(lock.release)
+        stack.push(lock.exit)
     if not cfg.resume:
-        return cfg, None
+        return cfg, None, lock
     path, state = RunState.newest(cv_dir)
+    state.check_script("finetune.py" if cfg.joint else "cl_training.py", path)
     cfg = cfg.with_flags(state.continued_flags(cfg.flags(), cfg.given, RESUMABLE, path))
+    check_flags(cfg, files=False)  # against the run's own flags: its model and policy
     when = f"after epoch {state.epoch}" if state.epoch >= state.first_epoch else "before its first epoch"
     main_print(f"resuming the run in {cv_dir} {when} ({path.name})")
-    return cfg, (path, state)
+    return cfg, (path, state), lock
 
 
-def check_flags(cfg: TrainConfig) -> None:
-    """Flags that cannot go together, and files that are not there, refused
-    before anything on disk changes."""
-    for flag in ("load", "pretrained", "base"):
+def check_flags(cfg: TrainConfig, files: bool = True) -> None:
+    """Flags that cannot go together, and (``files``) files that are not there,
+    refused before anything on disk changes."""
+    for flag in ("load", "pretrained", "base") if files else ():
         path = getattr(cfg, flag)
         if path and not Path(path).is_file():
             raise BlockDropError(f"--{flag} {path}: no such file")
@@ -227,13 +229,15 @@ def fit(cfg: TrainConfig, datasets: tuple | None = None) -> dict:
     procs = setup(cfg.device)
     try:
         with ExitStack() as stack:
-            check_flags(cfg)
-            if not cfg.resume:  # the data is there before an earlier run is set aside
+            if not cfg.resume:  # the flags and data checked before the folder is touched
+                check_flags(cfg)
                 datasets = datasets or get_datasets(get_config(cfg.model), cfg.data_dir)
-            cfg, resumed = open_folder(cfg, procs, stack)
+            cfg, resumed, lock = open_folder(cfg, procs, stack)
             if resumed and resumed[1].epoch >= resumed[1].first_epoch + cfg.max_epochs:
                 return already_complete(Path(cfg.cv_dir), *resumed)
             run, phase, trainloader = set_up(cfg, resumed, datasets, procs)
+            if lock:  # every check passed: an earlier run is set aside only now
+                lock.begin()
             return train_epochs(begin_run(run, phase, fresh=resumed is None), phase, trainloader)
     finally:
         teardown(procs)

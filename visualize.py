@@ -46,7 +46,7 @@ from utils.cli import (
     run_cli,
 )
 from utils.data import get_datasets
-from utils.files import writable_folder, write_json
+from utils.files import output_file, writable_folder, write_json
 from utils.plots import (
     blocks_hist_figure,
     close_figure,
@@ -163,6 +163,9 @@ def load_sweep(path: Path) -> dict:
 # --------------------------------------------------------------------------
 # the script
 # --------------------------------------------------------------------------
+FIGURES = ("policies", "blocks_hist", "keep_rate", "easy_hard")  # the PNGs of one agent, by file stem
+
+
 def make_figures(collected: dict, summary: dict, testset, cfg, stage_sizes: list[int],
                  args: argparse.Namespace, heading: str) -> dict[str, Figure]:
     """The four figures of one agent on the test set, keyed by file stem."""
@@ -224,10 +227,13 @@ def main(args: argparse.Namespace) -> dict:
     device = choose_device(args.device)
     ckpt_path = Path(args.load)
     out = writable_folder(Path(args.out) if args.out else ckpt_path.parent / "figures", "--out", create=False)
+    log_dir = writable_folder(Path(args.log_dir) if args.log_dir else out.parent / "log", "--log_dir", create=False)
+    for name in [*FIGURES, *(["tradeoff"] if sweep is not None else [])]:  # none replaces a file of another kind
+        output_file(out / f"{name}.png", "--out", "PNG")
+    output_file(out / "policies.json", "--out", "JSON")
     resnet, agent = build_resnet(cfg), build_agent(cfg)  # its weights: --load's agent
     ckpt = load_trained(ckpt_path, cfg, agent, resnet, args.base)
     _, testset = get_datasets(cfg, args.data_dir)
-    log_dir = Path(args.log_dir) if args.log_dir else out.parent / "log"
 
     agent.to(device)
     resnet.to(device)

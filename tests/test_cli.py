@@ -35,3 +35,16 @@ def test_flags_are_checked_before_any_work(tmp_path, name, argv, named):
     result = run_main(load_script(name), *argv, cwd=tmp_path)
     assert named in assert_one_line_error(result)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("typed", ["-1e-7", "-1.00000001e-07", "-1E+2", "-.5e-3", "-2.", "-3"])
+def test_a_negative_number_is_taken_in_any_form_a_user_types(typed):
+    args = load_script("sweep").get_args_parser().parse_args(["--pretrained", "x.t7", "--penalties", "-1", typed])
+    assert args.penalties == [-1.0, float(typed)]
+    ft = load_script("finetune").get_args_parser().parse_args(["--penalty", typed])
+    assert ft.penalty == float(typed)
+
+
+def test_a_negative_infinity_is_read_as_a_number_and_refused_as_one(tmp_path):
+    line = assert_one_line_error(run_main(load_script("finetune"), "--penalty", "-inf", cwd=tmp_path))
+    assert "--penalty" in line and "finite" in line

@@ -9,9 +9,10 @@ import json
 
 import pytest
 
+import utils.pipeline
 from conftest import ROOT
 from utils import BlockDropError
-from utils.pipeline import cached, content_sha256, load_script, run_step
+from utils.pipeline import cached, content_sha256, load_script, run_step, run_training
 
 SCRIPTS = {path.stem for path in ROOT.glob("*.py") if 'if __name__ == "__main__":' in path.read_text()}
 
@@ -55,6 +56,27 @@ def test_cached_computes_once_per_settings(tmp_path):
     stored = json.loads(record.read_text())
     assert {k: stored[k] for k in ("settings", "report")} == {"settings": {"lr": 2}, "report": {"accuracy": 1.0}}
     assert 0 <= stored["seconds"] < 60  # how long the computation took
+
+
+DAMAGED = {"empty": b"", "cut": b'{"settings": {"lr": 1}, "rep', "not utf-8": b"\xff\xfe{}",
+           "a list": b"[1, 2]", "no report": b'{"settings": {"lr": 1}}'}
+
+
+@pytest.mark.parametrize("content", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_record_runs_the_step_again(tmp_path, monkeypatch, content):
+    record, calls = tmp_path / "full.json", []
+    record.write_bytes(content)
+    assert cached(record, {"lr": 1}, lambda: calls.append(1) or {"accuracy": 0.5}) == {"accuracy": 0.5}
+    assert calls == [1] and json.loads(record.read_text())["report"] == {"accuracy": 0.5}
+
+    folder = tmp_path / "step"
+    folder.mkdir()
+    for name in ("step.json", "started.json"):
+        (folder / name).write_bytes(content.replace(b"report", b"result"))
+    monkeypatch.setattr(utils.pipeline, "run_step", lambda script, argv: calls.append(argv) or {"acc": 0.25})
+    assert run_training(folder, "finetune.py", ["--lr", 1], {"lr": 1}) == {"acc": 0.25}
+    assert calls[1] == ["--lr", "1"]  # no run files there: run afresh, with no --resume or --restart
+    assert run_training(folder, "finetune.py", ["--lr", 1], {"lr": 1}) == {"acc": 0.25} and len(calls) == 2
 
 
 def test_no_module_of_the_project_imports_a_script():

@@ -172,6 +172,22 @@ def test_restart_checks_every_flag_before_the_earlier_run_is_moved(folder):
         assert files_of(folder / "cv" / "kept") == before
 
 
+def test_an_output_path_never_replaces_a_checkpoint(folder):
+    assert tiny(folder, cl_training, "--max_epochs", "0", "--cv_dir", "cv/profiled").returncode == 0
+    before = files_of(folder / "cv" / "profiled")
+    for target in ("last.t7", next(name for name in before if name.startswith("ckpt_E_0_"))):
+        result = run_main(load_script("test"), "--model", "R32_C10", "--data_dir", "data", "--device", "cpu",
+                          "--base", "base.t7", "--time_images", "0", "--json", f"cv/profiled/{target}", cwd=folder)
+        line = assert_one_line_error(result)
+        assert "--json" in line and target in line and "checkpoint" in line, line
+    assert files_of(folder / "cv" / "profiled") == before
+    again = folder / "cv" / "profiled" / "figures.json"
+    for _ in range(2):  # its own output it replaces
+        assert run_main(load_script("test"), "--model", "R32_C10", "--data_dir", "data", "--device", "cpu",
+                        "--base", "base.t7", "--time_images", "0", "--json", again, cwd=folder).returncode == 0
+    assert json.loads(again.read_text())["images"] == 4
+
+
 def test_resume_of_a_folder_that_does_not_exist_makes_nothing(folder):
     result = tiny(folder, finetune, "--resume", "--cv_dir", "cv/never")
     assert "no run to resume" in assert_one_line_error(result)
@@ -196,6 +212,16 @@ class RunsCode:
 
     def __reduce__(self):
         return (Path.write_text, (Path(self.marker), "ran"))
+
+
+def test_a_sweep_refused_for_a_base_that_is_no_network_leaves_no_folder(folder):
+    (folder / "text_base.t7").write_text("not a network\n")
+    assert tiny(folder, cl_training, "--max_epochs", "0", "--cv_dir", "cv/sweep_start").returncode == 0
+    start = next((folder / "cv" / "sweep_start").glob("ckpt_E_0_*.t7"))
+    result = run_main(sweep, "--model", "R32_C10", "--pretrained", start, "--base", "text_base.t7", "--device", "cpu",
+                      "--cv_dir", "cv/text_sweep/deeper", "--data_dir", "data", cwd=folder)
+    assert "text_base.t7" in assert_one_line_error(result)
+    assert not (folder / "cv" / "text_sweep").exists()
 
 
 def test_a_crafted_pickle_is_refused_in_one_line_before_anything_is_written(folder):
@@ -248,3 +274,21 @@ def test_cifar_training_batches_without_images_are_an_empty_data_set(tmp_path, p
                       "--cv_dir", "cv/p", cwd=tmp_path)
     line = assert_one_line_error(result)
     assert "the data set is empty" in line and CIFAR10_FOLDER in line, line
+
+
+@pytest.mark.parametrize("batch,labels,named", [
+    ("data_batch_2", [3, 2**70], f"label {2**70}"),  # too large for any integer type
+    ("data_batch_2", [0.5, 1.5], "label 0.5"),  # not whole numbers
+    ("data_batch_2", [1.0, "cat"], "label 'cat'"),
+    ("test_batch", [], "test batches (test_batch) hold no images"),  # found before the first epoch, not after it
+], ids=["huge", "fractions", "a word", "empty test set"])
+def test_cifar_labels_that_are_not_class_indices_and_an_empty_test_set_are_refused_first(tmp_path, batch, labels,
+                                                                                        named):
+    cifar_folder(tmp_path, n_train=2, n_test=3, seed=0)
+    entry = {"batch_label": batch, "data": np.zeros((len(labels), 3072), dtype=np.uint8), "labels": labels}
+    (tmp_path / "data" / CIFAR10_FOLDER / batch).write_bytes(pickle.dumps(entry, protocol=2))
+    result = run_main(cl_training, "--model", "R32_C10", "--data_dir", "data", "--device", "cpu", "--workers", "0",
+                      "--base", "base.t7", "--max_epochs", "1", "--cv_dir", "cv/labels", cwd=tmp_path)
+    line = assert_one_line_error(result)
+    assert named in line and batch in line, line
+    assert "E: 0" not in result.stdout and not (tmp_path / "cv").exists()

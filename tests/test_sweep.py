@@ -7,7 +7,10 @@ import json
 import pytest
 import torch
 
+import cl_training
+import engine
 import sweep
+from conftest import cifar_folder, run_main
 from models import build_agent, build_resnet, get_config
 from utils import to_standard_keys
 
@@ -22,7 +25,7 @@ def sweep_files(tmp_path, monkeypatch):
     torch.save({"agent": build_agent(cfg).state_dict(), "epoch": 5}, cl)
     calls = []
 
-    def fake_finetune(args, penalty, folder):
+    def fake_finetune(args, penalty, folder, settings):
         calls.append(("finetune", penalty))
         return {"accuracy": 0.9, "flops": 1e8 * -penalty, "block_usage": 10.0}
 
@@ -73,3 +76,31 @@ def test_sweep_with_other_epochs_finetunes_again_but_keeps_the_full_profile(swee
     argv = [*sweep_files["argv"][:-1], "3"]  # --max_epochs 3
     run(argv)
     assert sweep_files["calls"] == [("finetune", -1.0), ("finetune", -5.0)]
+
+
+def test_a_sweep_cut_short_in_a_penalty_resumes_its_run_instead_of_setting_it_aside(tmp_path, monkeypatch):
+    cifar_folder(tmp_path, n_train=2, n_test=4, seed=4)
+    common = ["--model", "R32_C10", "--data_dir", "data", "--device", "cpu", "--workers", "0", "--batch_size", "5",
+              "--seed", "0", "--base", "base.t7"]
+    assert run_main(cl_training, *common, "--max_epochs", "0", "--cv_dir", "cl", cwd=tmp_path).returncode == 0
+    pretrained = str(next((tmp_path / "cl").glob("ckpt_E_0_*.t7")).relative_to(tmp_path))
+    argv = [*common, "--pretrained", pretrained, "--penalties", "-2", "--max_epochs", "2", "--cv_dir", "sweep",
+            "--limit", "2"]
+    save_state = engine.save_state
+
+    def killed_after_epoch_1(run, phase, epoch, *rest, **named):
+        saved = save_state(run, phase, epoch, *rest, **named)
+        if epoch == 1:
+            raise KeyboardInterrupt  # as a kill after the state of epoch 1 is on disk
+        return saved
+
+    monkeypatch.setattr(engine, "save_state", killed_after_epoch_1)
+    assert run_main(sweep, *argv, cwd=tmp_path).returncode == 130
+    monkeypatch.setattr(engine, "save_state", save_state)
+    again = run_main(sweep, *argv, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "--resume" in again.stdout and "resuming the run" in again.stdout and "after epoch 1" in again.stdout
+    folder = tmp_path / "sweep" / "penalty_-2"
+    assert not list(folder.glob("earlier-*"))
+    assert [line.split(" |")[0] for line in again.stdout.splitlines() if line.startswith("E: ")] == ["E: 2"]
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["runs"][0]["images"] == 2

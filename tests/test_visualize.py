@@ -74,6 +74,10 @@ def runs(tmp_path_factory):
     no_flops = tmp / "no_flops.json"
     no_flops.write_text(json.dumps({"runs": [{"penalty": -5.0, "accuracy": 0.9}]}))
 
+    taken = tmp / "taken"
+    taken.mkdir()
+    (taken / "policies.json").write_bytes(ckpt.read_bytes())  # a checkpoint under an output's name
+
     common = ["--model", "R32_Digits", "--device", "cpu", "--limit", LIMIT]
     cases = {
         "default_out": ["--load", ckpt, *common],
@@ -85,6 +89,8 @@ def runs(tmp_path_factory):
         "wrong_model": ["--load", r110, *common],
         "missing_checkpoint": ["--load", tmp / "missing.t7", *common],
         "limit_zero": ["--load", ckpt, "--model", "R32_Digits", "--device", "cpu", "--limit", 0],
+        "log_dir_a_file": ["--load", ckpt, *common, "--log_dir", sweep],
+        "out_over_a_checkpoint": ["--load", ckpt, *common, "--out", taken],
     }
     results = {name: run_main(visualize_script, *args, cwd=tmp) for name, args in cases.items()}
     return {"results": results, "tmp": tmp, "ckpt": ckpt}
@@ -237,11 +243,20 @@ def test_display_image_shows_equal_channels_as_grey(plots):
     ("wrong_model", ["54", "15"]),  # an R110 agent with --model R32_Digits: both block counts
     ("missing_checkpoint", ["missing.t7"]),
     ("limit_zero", ["--limit"]),
+    ("log_dir_a_file", ["--log_dir", "sweep.json", "is a file"]),
+    ("out_over_a_checkpoint", ["--out", "policies.json", "checkpoint", "not a JSON file"]),
 ])
 def test_bad_input_is_one_line_naming_what_is_wrong(runs, case, named):
     line = assert_one_line_error(runs["results"][case])
     for word in named:
         assert word in line, (word, line)
+
+
+def test_no_output_replaces_a_file_of_another_kind(runs):
+    taken = runs["tmp"] / "taken"
+    assert [p.name for p in taken.iterdir()] == ["policies.json"]
+    assert (taken / "policies.json").read_bytes() == runs["ckpt"].read_bytes()
+    assert json.loads((runs["tmp"] / "sweep.json").read_text()) == SWEEP
 
 
 def test_the_script_itself_answers_bad_input_in_one_line(tmp_path):

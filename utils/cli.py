@@ -8,6 +8,7 @@ import argparse
 import math
 import os
 import random
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -36,12 +37,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+# A negative number as a user types it: -1, -0.5, -.5, -1e-7, -1.5E+3, -inf, -nan (the flag's type decides
+# whether it is taken); argparse would read the exponent forms as flags.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr and exit status 2."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER  # argparse's own reads -1e-7 as a flag
+
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)

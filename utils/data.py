@@ -111,14 +111,34 @@ def read_cifar_batches(folder: Path, files: list[str], label_key: str,
             raise BlockDropError(f"{path}: not a CIFAR python batch ({type(exc).__name__}: {exc})") from exc
         if target is None or len(target) != len(data):
             raise BlockDropError(f"{path}: not a CIFAR python batch (no {label_key!r} of {len(data)} labels)")
-        target = np.asarray(target, dtype=np.int64)
-        bad = target[(target < 0) | (target >= num_classes)] if num_classes and len(target) else []
-        if len(bad):
-            raise BlockDropError(f"{path}: label {bad[0]} is outside the {num_classes} classes of this data set "
-                                 f"(0 to {num_classes - 1})")
         images.append(data)
-        labels.append(target)
+        labels.append(class_indices(path, target, num_classes))
     return np.concatenate(images), np.concatenate(labels)
+
+
+def class_indices(path: Path, target, num_classes: int | None) -> np.ndarray:
+    """A batch's labels as int64 class indices, or one BlockDropError naming the
+    file and the first label that is not a whole number from 0 to ``num_classes - 1``."""
+    values = np.asarray(target)
+    if values.ndim != 1:
+        raise BlockDropError(f"{path}: not a CIFAR python batch (its labels are not one list of numbers)")
+    high = num_classes if num_classes else 2**63
+    if values.dtype.kind in "iu":  # the common case, checked at once
+        bad = values[(values < 0) | (values >= high)]
+        first = bad[0].item() if len(bad) else None
+    else:  # floats, numbers too large for int64, strings: one at a time
+        given = target.tolist() if isinstance(target, np.ndarray) else list(target)
+        first = next((v for v in given if not _class_index(v, high)), None)
+    if first is not None:
+        raise BlockDropError(f"{path}: label {first!r} is not a class of this data set: labels are whole numbers "
+                             f"from 0 to {high - 1}")
+    return values.astype(np.int64)
+
+
+def _class_index(value, high: int) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return float(value).is_integer() and 0 <= value < high
 
 
 def write_cifar10_layout(data_dir: Path, train: tuple[np.ndarray, np.ndarray],
@@ -192,7 +212,11 @@ def cifar_arrays(dataset: str, data_dir: Path, url: str | None = None):
     if len(train[1]) == 0:
         raise BlockDropError(f"{root}: the training batches ({', '.join(train_files)}) hold no images: the data set "
                              "is empty")
-    return train, read_cifar_batches(root, test_files, label_key, classes)
+    test = read_cifar_batches(root, test_files, label_key, classes)
+    if len(test[1]) == 0:
+        raise BlockDropError(f"{root}: the test batches ({', '.join(test_files)}) hold no images: there is nothing "
+                             "to evaluate on")
+    return train, test
 
 
 def _cifar_transforms(normalize):

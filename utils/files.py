@@ -153,6 +153,44 @@ def writable_file(path: Path, flag: str) -> Path:
     return path
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_LARGEST_JSON = 64 << 20  # a report this project writes is far smaller
+
+
+def _holds_json(path: Path) -> bool:
+    if path.stat().st_size > _LARGEST_JSON:
+        return False
+    try:
+        json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return True
+
+
+def _holds_png(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+
+
+_OF_KIND = {"JSON": _holds_json, "PNG": _holds_png}
+
+
+def _what_is(path: Path) -> str:
+    return {"zip": "a PyTorch checkpoint or another zip archive", "pickle": "a pickle, such as a legacy PyTorch "
+            "checkpoint", "png": "a PNG image", "text": "a text file", "binary": "a binary file"}[_format_of(path)]
+
+
+def output_file(path: Path, flag: str, kind: str) -> Path:
+    """``writable_file``, and a file already there replaced only when it is of
+    the ``kind`` written ("JSON", "PNG") or empty: an output flag never replaces
+    a checkpoint, nor any other file."""
+    path = writable_file(path, flag)
+    if path.is_file() and path.stat().st_size and not _OF_KIND[kind](path):
+        raise BlockDropError(f"{flag} {path}: the file there is {_what_is(path)}, not a {kind} file, and would "
+                             f"be replaced; give a new {kind} file name")
+    return path
+
+
 # --------------------------------------------------------------------------
 # reading: weights only, every failure one line naming the file
 # --------------------------------------------------------------------------
@@ -194,16 +232,24 @@ def load_state_file(path: Path) -> object:
         raise BlockDropError(f"{path}: {_unreadable(path)}") from exc
 
 
-def _unreadable(path: Path) -> str:
-    """What a file that torch cannot read looks like, in words."""
+def _format_of(path: Path) -> str:
+    """What a file holds, from its first bytes: zip, pickle, png, text or binary."""
     with open(path, "rb") as fh:
         head = fh.read(4096)
-    if head.startswith(b"PK\x03\x04"):
-        return "a truncated or damaged PyTorch checkpoint (its zip archive cannot be read)"
-    if head.startswith(b"\x80"):
-        return "a truncated or damaged PyTorch checkpoint (legacy format)"
+    for prefix, name in ((b"PK\x03\x04", "zip"), (b"\x80", "pickle"), (PNG_SIGNATURE, "png")):
+        if head.startswith(prefix):
+            return name
     try:
         head.decode("utf-8")
     except UnicodeDecodeError:
-        return "not a PyTorch checkpoint (an unknown binary format)"
-    return "a text file, not a PyTorch checkpoint"
+        return "binary"
+    return "text"
+
+
+def _unreadable(path: Path) -> str:
+    """What a file that torch cannot read looks like, in words."""
+    return {"zip": "a truncated or damaged PyTorch checkpoint (its zip archive cannot be read)",
+            "pickle": "a truncated or damaged PyTorch checkpoint (legacy format)",
+            "binary": "not a PyTorch checkpoint (an unknown binary format)",
+            "png": "not a PyTorch checkpoint (an unknown binary format)"}.get(
+        _format_of(path), "a text file, not a PyTorch checkpoint")

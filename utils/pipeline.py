@@ -61,9 +61,10 @@ def content_sha256(path: str | Path | None) -> str | None:
 
 def cached(record: Path, settings: dict, compute: Callable[[], dict]) -> dict:
     """The report stored in ``record`` when it was made with the same ``settings``;
-    otherwise ``compute()``, stored with them."""
-    done = json.loads(record.read_text()) if record.exists() else {}
-    if done.get("settings") != settings:
+    otherwise (a record that is missing, empty or damaged included) ``compute()``,
+    stored with them."""
+    done = _read(record)
+    if done.get("settings") != settings or "report" not in done:
         started = time.perf_counter()
         done = {"settings": settings, "report": compute()}
         if is_main_process():  # under torchrun every process computes it alike; one writes
@@ -96,7 +97,7 @@ def run_training(folder: Path, script: str, argv: Sequence[object], settings: di
 def _decide(record: Path, started: Path, folder: Path, argv: list[str], settings: dict) -> tuple:
     """(the stored result, None) for a finished step, else (None, the argv to run it with)."""
     done = _read(record)
-    if done.get("settings") == settings:
+    if done.get("settings") == settings and "result" in done:
         return done["result"], None
     if run_files(folder):
         argv.append("--resume" if _read(started).get("settings") == settings and _has_state(folder) else "--restart")
@@ -117,7 +118,16 @@ def recorded_seconds(folder: Path) -> float:
 
 
 def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    """A step's record, or {} when there is none that can be read (a write cut
+    short, a damaged file): the step is then run again."""
+    try:
+        done = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        main_print(f"note: {path} cannot be read as a step's record: the step runs again")
+        return {}
+    return done if isinstance(done, dict) else {}
 
 
 def _has_state(folder: Path) -> bool:

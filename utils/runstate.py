@@ -140,14 +140,35 @@ class RunState:
                 raise BlockDropError(
                     f"--resume: --{name} {flags.get(name)} contradicts the run's {self.args[name]} ({path}); "
                     f"only {', '.join('--' + n for n in sorted(resumable))} may change when a run is resumed")
-        values = {name: _as_saved(self.args[name]) for name in flags if name in self.args}
+        values = {name: _as_saved(self.args[name]) for name in flags if name in self.args and name not in _PLACE}
         values.update({name: flags[name] for name in given & resumable})
         return values
+
+    def check_script(self, script: str, path: Path) -> None:
+        """Refuse to resume another script's run in ``script``."""
+        saved_by = script_of(self.args)
+        if saved_by != script:
+            raise BlockDropError(f"--resume: {path} is a run of {saved_by}, not of {script}: resume it with "
+                                 f"{saved_by}, or start a new {script} run in another --cv_dir")
 
     def restore_rng(self, rank: int, world_size: int) -> None:
         """This process's generators, where the run left them (the main process's
         when the number of processes changed)."""
         restore_rng(self.rng[rank] if len(self.rng) == world_size else self.rng[0])
+
+
+# Where a run is: the folder given on the command line, never the one its state
+# recorded (a copied or moved run goes on where it is now).
+_PLACE = frozenset({"cv_dir"})
+
+
+def script_of(args: dict) -> str:
+    """The script whose run saved ``args``: pretrain.py counts ``--epochs``, the
+    BlockDrop phases ``--max_epochs``, and only finetuning has its starting agent
+    and policy flags."""
+    if "max_epochs" not in args:
+        return "pretrain.py"
+    return "finetune.py" if {"pretrained", "per_image", "policy"} & args.keys() else "cl_training.py"
 
 
 def _as_saved(value):
@@ -189,15 +210,26 @@ def set_aside(files: list[Path], folder: Path) -> Path:
 class FolderLock:
     """One run per folder at a time: an OS lock (``flock``) on ``cv_dir/.run.lock``,
     which the operating system releases when the process ends however it ends
-    (a SIGKILL leaves no stale lock). The file names the process that holds it."""
+    (a SIGKILL leaves no stale lock). The file names the process that holds it.
+    A run that is refused (``release(undo=True)``) leaves the lock file as it
+    found it, and removes the folders it made when they are still empty.
+    ``earlier``: an earlier run's files that ``begin`` moves once
+    every check of the new run has passed (``--restart``)."""
 
     NAME = ".run.lock"
 
-    def __init__(self, folder: Path):
-        self.folder, self.fd = Path(folder), None
+    def __init__(self, folder: Path, made: list[Path] | None = None):
+        self.folder, self.fd, self.made = Path(folder), None, made or []
+        self.previous: bytes | None = None  # the lock file's bytes before this run; None: it made the file
+        self.earlier: list[Path] = []
 
     def acquire(self) -> FolderLock:
-        fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        path = self.folder / self.NAME
+        try:
+            self.previous = path.read_bytes()
+        except FileNotFoundError:
+            self.previous = None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -210,41 +242,77 @@ class FolderLock:
         self.fd = fd
         return self
 
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+    def begin(self) -> None:
+        """The folder made ready for the run's first write, once every check has
+        passed: a killed write's temporary files removed, and the earlier run's
+        files (``--restart``) moved to ``earlier-<time>/``."""
+        for tmp in remove_partial_writes(self.folder):
+            main_print(f"note: removed {tmp}, left by an interrupted write")
+        if self.earlier:
+            main_print(f"note: the earlier run's files were moved to {set_aside(self.earlier, self.folder)}/")
+            self.earlier = []
+
+    def release(self, undo: bool = False) -> None:
+        """The lock released; with ``undo`` (a refused run), the lock file and the
+        folders as they were before (the file is put back while still held)."""
+        if self.fd is None:
+            return
+        if undo:
+            if self.previous is None:
+                (self.folder / self.NAME).unlink(missing_ok=True)
+            else:
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, self.previous, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+        for folder in reversed(self.made if undo else []):
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: the run wrote there
+
+    def exit(self, exc_type, exc, tb) -> None:
+        """For ``ExitStack.push``: released, and undone when the run ended in an exception."""
+        self.release(undo=exc_type is not None)
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """The folders of ``path`` (itself included) that do not exist, outermost first."""
+    path = Path(path)
+    return [p for p in reversed([path, *path.parents]) if not p.exists()]
 
 
 def prepare_run_folder(cv_dir: Path, resume: bool, restart: bool, continuing: bool = False,
                        files: list[Path] | None = None) -> FolderLock:
     """``--cv_dir`` checked and held for this run (``FolderLock``, which the
-    caller releases), a killed write's temporary files removed, and a new run
-    refused where another one is, unless it continues it (``--resume``, or
-    ``continuing``: the original's ``--load`` of one of its checkpoints) or
-    ``--restart`` sets the earlier one aside. ``files``: the run's files when
+    caller releases), and a new run refused where another one is, unless it
+    continues it (``--resume``, or ``continuing``: the original's ``--load`` of
+    one of its checkpoints) or ``--restart`` (the earlier run's files are then
+    in the lock's ``earlier``, which ``FolderLock.begin`` sets aside once the new
+    run's checks have passed). ``files``: the run's files when
     they are more than ``run_files`` finds (a base that pretrain.py wrote)."""
     if resume and not Path(cv_dir).is_dir():
         raise BlockDropError(f"--resume: {cv_dir} holds no run to resume (there is no such folder)")
+    made = missing_folders(Path(cv_dir))
     cv_dir = writable_folder(Path(cv_dir), "--cv_dir")
-    lock = FolderLock(cv_dir).acquire()
+    lock = FolderLock(cv_dir, made).acquire()
     try:
-        _set_aside_or_refuse(cv_dir, resume, restart, continuing, files)
+        lock.earlier = _earlier_run(cv_dir, resume, restart, continuing, files)
     except BaseException:
-        lock.release()
+        lock.release(undo=True)
         raise
     return lock
 
 
-def _set_aside_or_refuse(cv_dir: Path, resume: bool, restart: bool, continuing: bool, files: list[Path] | None):
-    for tmp in remove_partial_writes(cv_dir):
-        main_print(f"note: removed {tmp}, left by an interrupted write")
+def _earlier_run(cv_dir: Path, resume: bool, restart: bool, continuing: bool, files: list[Path] | None):
+    """The earlier run's files that ``--restart`` sets aside; a refusal without it."""
     earlier = run_files(cv_dir) + (files or [])
-    if earlier and not (resume or continuing):
-        if not restart:
-            raise BlockDropError(
-                f"--cv_dir {cv_dir} holds another run ({earlier[0].name}): continue it with --resume, start "
-                f"a new one there with --restart (the earlier files are moved to {cv_dir}/earlier-<time>/), "
-                "or choose another --cv_dir")
-        main_print(f"note: the earlier run's files were moved to {set_aside(earlier, cv_dir)}/")
+    if not earlier or resume or continuing:
+        return []
+    if not restart:
+        raise BlockDropError(
+            f"--cv_dir {cv_dir} holds another run ({earlier[0].name}): continue it with --resume, start "
+            f"a new one there with --restart (the earlier files are moved to {cv_dir}/earlier-<time>/), "
+            "or choose another --cv_dir")
+    return earlier
