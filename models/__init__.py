@@ -54,6 +54,8 @@ class ModelConfig:
 
 _R32_C10_NORM = ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255))
 _IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Fashion-MNIST's own mean and std (its 60,000 training images, 28x28), the gray value in each of three channels.
+_FASHION_NORM = ((0.2860,) * 3, (0.3530,) * 3)
 
 CONFIGS: dict[str, ModelConfig] = {
     c.name: c
@@ -76,6 +78,11 @@ CONFIGS: dict[str, ModelConfig] = {
           for depth in (20, 44, 56)],
         ModelConfig("R50_ImgNet", "ImgNet", "imagenet", 50, 1000, "R50_ImgNet/pk_E_<epoch>_A_<acc>.t7", _IMAGENET_NORM,
                     torchvision_base=ResNet50_Weights.IMAGENET1K_V1.url),
+        # Fashion-MNIST (utils.fashion): the 28x28 gray images padded to 32x32 and repeated to three
+        # channels, so these are the CIFAR ResNets as they are (keys, policy network, FLOPs). No released bases.
+        *[ModelConfig(f"R{depth}_Fashion", "Fashion", "cifar", depth, 10, f"R{depth}_Fashion/pk_E_<epoch>_A_<acc>.t7",
+                      _FASHION_NORM)
+          for depth in (8, 14, 20, 32, 56, 110)],
     ]
 }
 

@@ -112,18 +112,23 @@ def test_full_resnet101_costs_15602810880_flops_1_56e10_as_in_the_paper(tables):
 
 
 @pytest.mark.parametrize("name,flops", [("R32_C10", 24_479_744), ("R110_C10", 24_484_736),
-                                        ("R101_ImgNet", 471_918_592)])
+                                        ("R101_ImgNet", 471_918_592), ("R8_Fashion", 24_478_208),
+                                        ("R32_Fashion", 24_479_744), ("R110_Fashion", 24_484_736)])
 def test_policy_networks_cost_their_pinned_flops(built_models, name, flops):
     assert agent_flops(built_models(name, "agent"), get_config(name).input_size) == flops
 
 
 # --------------------------------------------------------------------------
-# the shallower ResNets of the same recipe (SPEC section 9), pinned like the others
+# the shallower ResNets of the same recipe (SPEC section 9), and Fashion-MNIST's
+# (its gray images padded to 32x32 in three channels: the CIFAR ResNets' figures),
+# pinned like the others
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("name,n,flops", [
     ("R8_Digits", 1, 24_478_976), ("R14_Digits", 2, 52_790_528), ("R20_Digits", 3, 81_102_080),
     ("R26_Digits", 4, 109_413_632), ("R20_C10", 3, 81_102_080), ("R44_C10", 7, 194_348_288),
     ("R56_C10", 9, 250_971_392),
+    ("R8_Fashion", 1, 24_478_976), ("R14_Fashion", 2, 52_790_528), ("R20_Fashion", 3, 81_102_080),
+    ("R32_Fashion", 5, 137_725_184), ("R56_Fashion", 9, 250_971_392), ("R110_Fashion", 18, 505_775_360),
 ])
 def test_shallower_cifar_resnets_cost_their_pinned_flops_from_the_layer_shapes(tables, name, n, flops):
     base, blocks = tables(name)

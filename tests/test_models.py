@@ -165,15 +165,31 @@ def test_imagenet_resnet101_has_a_conv_shortcut_per_stage(built_models):
         assert f"ds.{s}.0.bias" not in keys  # the shortcut conv has no bias
 
 
+def cifar_policy_shapes(blocks: int) -> dict:
+    """SPEC section 2: a ResNet-8 without fc under ``features.``, then logit and vnet."""
+    return {**cifar_shapes(1, None, prefix="features."), "logit.weight": (blocks, 64), "logit.bias": (blocks,),
+            "vnet.weight": (1, 64), "vnet.bias": (1,)}
+
+
 @pytest.mark.parametrize("name", ["R32_C10", "R110_C10", "R32_C100", "R110_C100"])
 def test_cifar_policy_net_is_resnet8_with_logit_and_vnet(name, built_models):
     blocks, _ = TABLE[name]
-    expected = cifar_shapes(1, None, prefix="features.")
-    expected.update({"logit.weight": (blocks, 64), "logit.bias": (blocks,),
-                     "vnet.weight": (1, 64), "vnet.bias": (1,)})
     agent = built_models(name, "agent")
-    assert shapes_of(agent) == expected
+    assert shapes_of(agent) == cifar_policy_shapes(blocks)
     assert "features.blocks.0.0.conv1.weight" in agent.state_dict()
+
+
+FASHION = {f"R{6 * n + 2}_Fashion": n for n in (1, 2, 3, 5, 9, 18)}  # blocks per stage
+
+
+@pytest.mark.parametrize("name", FASHION)
+def test_fashion_networks_are_the_cifar_resnet_and_policy_net_key_for_key(name, built_models):
+    """Fashion-MNIST's gray images come in three channels, so its networks are the CIFAR
+    ones as they are: the 3 -> 16 stem, section 2's keys, the ResNet-8 policy network."""
+    n = FASHION[name]
+    assert (get_config(name).depth, get_config(name).num_blocks) == (6 * n + 2, 3 * n)
+    assert shapes_of(built_models(name)) == cifar_shapes(n, 10)
+    assert shapes_of(built_models(name, "agent")) == cifar_policy_shapes(3 * n)
 
 
 def test_imagenet_policy_net_is_resnet10_with_logit_and_vnet(built_models):

@@ -36,7 +36,7 @@ TORCHRUN = shown_commands(r"torchrun --")
 def test_the_pages_show_the_commands_the_tests_below_check():
     # an empty list would make the parametrized tests below pass without checking anything
     assert [p.id.split(":")[0] for p in TORCHRUN] == ["docs/gpus.md", "docs/gpus.md"]
-    assert len(COMMANDS) == 17 and {p.id.split(":")[0] for p in COMMANDS} == {"README.md"}
+    assert len(COMMANDS) == 18 and {p.id.split(":")[0] for p in COMMANDS} == {"README.md"}
 
 
 def test_the_readme_shows_every_script_once_at_least():

@@ -9,7 +9,7 @@
 - ``utils.runtime`` and ``utils.distributed``: precision, memory format, loaders, several GPUs;
 - ``utils.logger``: log lines, TensorBoard and ``metrics.jsonl``;
 - ``utils.flops`` and ``utils.timing``: FLOPs and measured time per image;
-- ``utils.data``: data sets.
+- ``utils.data``: data sets (``utils.fashion``: where Fashion-MNIST's files are found, and reading them).
 
 ``utils.plots`` (the figures) is imported on its own, where figures are drawn:
 matplotlib is slow to import.

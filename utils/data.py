@@ -1,6 +1,7 @@
 """Data sets (SPEC section 8): CIFAR-10/100 in the python layout, ImageNet image
-folders, and the UCI handwritten digits that scikit-learn ships; with the
-transforms the base networks were trained with."""
+folders, the UCI handwritten digits that scikit-learn ships, and Fashion-MNIST
+(found and read by ``utils.fashion``); with the transforms the base networks
+were trained with."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
 from .cli import NO_DOWNLOAD_ENV, BlockDropError, downloads_allowed
+from .fashion import fashion_arrays
 from .files import atomic_write_bytes
 
 # --------------------------------------------------------------------------
@@ -226,10 +228,22 @@ def _cifar_transforms(normalize):
     return train, test
 
 
-def cifar_datasets(config, data_dir: Path, url: str | None = None):
-    (xtr, ytr), (xte, yte) = cifar_arrays(config.dataset, data_dir, url)
-    train_tf, test_tf = _cifar_transforms(config.normalize)
+def _cifar_style_datasets(arrays, normalize):
+    """(train set, test set) of 32x32 arrays with CIFAR's crop and flip."""
+    (xtr, ytr), (xte, yte) = arrays
+    train_tf, test_tf = _cifar_transforms(normalize)
     return ArrayDataset(xtr, ytr, train_tf), ArrayDataset(xte, yte, test_tf)
+
+
+def cifar_datasets(config, data_dir: Path, url: str | None = None):
+    return _cifar_style_datasets(cifar_arrays(config.dataset, data_dir, url), config.normalize)
+
+
+def fashion_datasets(config, data_dir: Path):
+    """Fashion-MNIST padded to 32x32 and in three channels (``utils.fashion``),
+    with CIFAR's crop and flip (a mirrored garment is the same garment) and
+    normalised with the data set's own mean and std."""
+    return _cifar_style_datasets(fashion_arrays(data_dir), config.normalize)
 
 
 def imagenet_datasets(config, data_dir: Path, url: str | None = None):
@@ -290,6 +304,7 @@ DATASETS: dict[str, Callable] = {
     "C100": cifar_datasets,
     "ImgNet": imagenet_datasets,
     "Digits": digits_datasets,
+    "Fashion": fashion_datasets,
 }
 
 
