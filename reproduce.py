@@ -267,8 +267,9 @@ def plan_text(args: argparse.Namespace, plan: Plan) -> str:
              f"(the claims at {plan.penalty:g}), shallower ResNets: {', '.join(plan.shallower) or 'none'}; "
              f"{len(runs)} runs"]
     lines += [f"  {script}: {len(costs)} runs, {sum(costs):.2E} FLOPs" for script, costs in by_script.items()]
-    lines.append(f"  in all {total:.2E} FLOPs: about {total / (args.gpu_tflops * 1e12) / 3600:.1f} GPU-hours at an "
-                 f"effective {args.gpu_tflops:g} TFLOP/s (a rough figure: small networks reach a fraction of a "
+    hours = total / (args.gpu_tflops * 1e12) / 3600
+    cost = f"{hours:.1f} GPU-hours" if hours >= 1 else f"{60 * hours:.1f} GPU-minutes"
+    lines.append(f"  in all {total:.2E} FLOPs: about {cost} at an effective {args.gpu_tflops:g} TFLOP/s (a rough figure: small networks reach a fraction of a "
                  "GPU's peak; data loading and evaluation come on top)")
     return "\n".join(lines)
 
