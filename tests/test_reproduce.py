@@ -105,6 +105,7 @@ def test_a_second_run_runs_nothing_again_and_an_interrupted_step_continues(first
     (["--shallower", "R99_Digits"], "R99_Digits"),
     (["--out", "a_file"], "is a file"),
     (["--base", "missing.t7"], "missing.t7"),
+    (["--device", "tpu"], "--device"),
 ])
 def test_bad_input_is_one_line_and_touches_nothing(tmp_path, flags, named):
     (tmp_path / "a_file").write_text("keep me")
