@@ -21,6 +21,7 @@ outcomes go into ``experiment.Results``, ``claims.py`` judges them and
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -227,7 +228,9 @@ def execute(args: argparse.Namespace, plan: Plan, out: Path) -> Results:
 # --------------------------------------------------------------------------
 # the cost of a plan
 # --------------------------------------------------------------------------
+@functools.cache
 def _flops(name: str, agent: bool = False) -> float:
+    """One forward pass of a configuration's ResNet (or its policy network), in FLOPs."""
     config = get_config(name)
     with torch.device("meta"):  # shapes only
         if agent:
