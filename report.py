@@ -4,6 +4,8 @@ curves, every model, the settings) and the data of its figures."""
 
 from __future__ import annotations
 
+import math
+
 from claims import Assessment, Verdict, still_rising
 from experiment import HEURISTIC_NAMES, HEURISTICS, Results, Sample
 
@@ -72,8 +74,7 @@ def _label(run: str, results: Results) -> str:
 def seed_runs(results: Results) -> list[str]:
     """The per-seed runs that were profiled, in the order of the plan."""
     first = f"seed_{results.seeds[0]}/"
-    return [name[len(first):] for name, o in results.outcomes.items() if name.startswith(first) and
-            name != first + "instance"]
+    return [name[len(first):] for name in results.outcomes if name.startswith(first) and name != first + "instance"]
 
 
 def point(profiles: list[Sample], label: str) -> dict:
@@ -125,7 +126,7 @@ def trade_off(results: Results) -> dict[str, list[dict]]:
                                           n.split("_")[0]) for n in results.shallower]}
     for h in HEURISTICS:
         series[f"{HEURISTIC_NAMES[h]}, finetuned"] = [point(_profile(results, f"{h}_ft"), HEURISTIC_NAMES[h])]
-    return {k: [p for p in v if p["accuracy"] == p["accuracy"]] for k, v in series.items()}
+    return {k: [p for p in v if not math.isnan(p["accuracy"])] for k, v in series.items()}  # measured points only
 
 
 def comparison_panels(results: Results) -> list[tuple[str, list[tuple[str, float, float]]]]:

@@ -34,7 +34,7 @@ from claims import all_claims
 from engine import predict
 from experiment import PLANS, Curve, Outcome, Plan, PlannedRun, Profile, Ref, Results, declare, with_flags
 from models import CONFIGS, build_agent, build_resnet, get_config
-from report import comparison_panels, curve_arms, report_markdown, trade_off
+from report import claims_table, comparison_panels, curve_arms, report_markdown, trade_off
 from rl import learned_blocks
 from utils.bases import choose_base, load_base
 from utils.checkpoints import load_blockdrop, policy_source
@@ -112,9 +112,9 @@ class Executor:
     ``utils.pipeline``), printed as the command that reproduces it, and keeps
     its outcome in ``results``."""
 
-    def __init__(self, args: argparse.Namespace, out: Path, results: Results):
+    def __init__(self, args: argparse.Namespace, out: Path, results: Results, workers: int):
         self.args, self.out, self.results = args, out, results
-        self.common = ["--data_dir", args.data_dir, "--workers", str(args.workers)]
+        self.common = ["--data_dir", args.data_dir, "--workers", str(workers)]
         self.common += ["--device", args.device] if args.device else []
 
     def resolve(self, run: PlannedRun) -> tuple[list[str], dict] | str:
@@ -217,8 +217,7 @@ def execute(args: argparse.Namespace, plan: Plan, out: Path) -> Results:
     """Every run of the plan, in order; their outcomes."""
     config = get_config(args.model)
     results = Results(args.model, config.num_blocks, 0, list(range(plan.seeds)), list(plan.penalties), plan.penalty)
-    args.workers = plan.workers
-    executor = Executor(args, out, results)
+    executor = Executor(args, out, results, plan.workers)
     for run in declare(plan, args.model, args.base):
         results.outcomes[run.name] = executor.make(run)
     results.test_images = results.get("full").profile.images
@@ -313,7 +312,6 @@ def _as_json(assessment) -> dict:
 
 def write_report(out: Path, results: Results, assessments: list, meta: dict) -> str:
     """``report.md``, ``report.json`` (results, claims, settings) and the figures under ``figures/``."""
-    from report import claims_table
     from utils.plots import claims_bars_figure, claims_tradeoff_figure, learning_curves_figure, save_figure
 
     seeds = len(results.seeds)
