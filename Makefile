@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test demo reproduce gpu-check lint clean fashion-data
+.PHONY: venv test demo reproduce reproduce-fashion gpu-check lint clean fashion-data
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: venv
 
 reproduce: venv
 	$(PY) reproduce.py
+
+# the claims on Fashion-MNIST (the files found as utils/fashion.py says): the CPU plan, or the GPU plan on CUDA
+reproduce-fashion: venv
+	$(PY) reproduce.py --model R20_Fashion
 
 gpu-check: venv
 	$(PY) benchmarks/gpu_check.py

@@ -30,6 +30,7 @@ from utils.cli import (
     add_device_flag,
     add_model_flag,
     add_run_folder_flags,
+    add_subset_flag,
     add_throughput_flags,
     finite_float,
     nonnegative_int,
@@ -60,6 +61,7 @@ def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="pretrain.py", description="train a base ResNet for BlockDrop")
     add_model_flag(p, "R32_C10")
     p.add_argument("--data_dir", default="data/", help="data set folder")
+    add_subset_flag(p)
     p.add_argument("--cv_dir", default=None, help="output folder (default: cv/pretrained/<model>/)")
     p.add_argument("--lr", type=positive_float, default=0.1, help="initial learning rate")
     p.add_argument("--momentum", type=finite_float, default=0.9, help="SGD momentum")
@@ -189,7 +191,7 @@ def finished_base(cv_dir: Path) -> list[Path]:
 
 def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> Path:
     args.cv_dir = str(args.cv_dir or PRETRAINED_DIR / args.model)
-    data = None if args.resume else get_datasets(get_config(args.model), args.data_dir)  # before any file moves
+    data = None if args.resume else get_datasets(get_config(args.model), args.data_dir, args.train_subset)  # before any file moves
     resumed, lock = open_folder(args, procs, stack)
     config = get_config(args.model)
     resnet = build_resnet(config) if resumed else None
@@ -200,7 +202,7 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
                        "nothing to train")
             return save_base(Path(args.cv_dir), procs, resumed.epoch, config, resnet, resumed.figures["acc"], False)
     seed_everything(args.seed)
-    trainset, testset = data or get_datasets(config, args.data_dir)
+    trainset, testset = data or get_datasets(config, args.data_dir, args.train_subset)
     trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
                                            test_batch_size=256)
     layout = channels_layout(args.memory_format, procs.device)

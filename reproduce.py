@@ -32,7 +32,20 @@ from torch.utils.data import DataLoader
 
 from claims import all_claims
 from engine import predict
-from experiment import PLANS, Curve, Outcome, Plan, PlannedRun, Profile, Ref, Results, declare, with_flags
+from experiment import (
+    GPU_PLANS,
+    PLANS,
+    Curve,
+    Outcome,
+    Plan,
+    PlannedRun,
+    Profile,
+    Ref,
+    Results,
+    declare,
+    plan_for,
+    with_flags,
+)
 from models import CONFIGS, build_agent, build_resnet, get_config
 from report import claims_table, comparison_panels, curve_arms, report_markdown, trade_off
 from rl import learned_blocks
@@ -77,6 +90,9 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--base", default=None, help="a base ResNet to start from instead of training one")
     add_device_flag(p)
     p.add_argument("--workers", type=nonnegative_int, default=None, help="data loader workers")
+    p.add_argument("--hardware", choices=("cpu", "gpu"), default=None,
+                   help=f"the plan sized for a 2-core CPU or for one GPU, where a configuration has both "
+                        f"({', '.join(GPU_PLANS)}; default: gpu when the device is CUDA, else cpu)")
     p.add_argument("--plan", action="store_true", help="print the runs and a rough cost, and run nothing")
     p.add_argument("--gpu_tflops", type=finite_float, default=20.0,
                    help="--plan: the effective training speed assumed, in TFLOP/s")
@@ -89,7 +105,9 @@ def plan_of(args: argparse.Namespace) -> Plan:
         unknown = [name for name in args.shallower if name not in CONFIGS]
         if unknown:
             raise BlockDropError(f"--shallower {unknown[0]}: not a configuration; choose from {', '.join(CONFIGS)}")
-    plan = with_flags(PLANS[args.model], seeds=args.seeds, base_epochs=args.base_epochs, cl_epochs=args.cl_epochs,
+    if args.hardware is None:
+        args.hardware = "gpu" if choose_device(args.device).type == "cuda" else "cpu"
+    plan = with_flags(plan_for(args.model, args.hardware), seeds=args.seeds, base_epochs=args.base_epochs, cl_epochs=args.cl_epochs,
                       ft_epochs=args.ft_epochs, workers=args.workers, penalty=args.penalty,
                       penalties=tuple(args.penalties) if args.penalties else None,
                       shallower=tuple(args.shallower) if args.shallower is not None else None)
@@ -209,8 +227,10 @@ def easy_and_hard(args: argparse.Namespace, model_name: str, checkpoint: str, ba
             "hard_accuracy": correct[~easy].double().mean().item()}
 
 
-def default_out(model: str) -> Path:
-    return Path("cv/reproduce") if model == "R32_Digits" else Path(f"cv/reproduce_{model}")
+def default_out(model: str, hardware: str = "cpu") -> Path:
+    if model == "R32_Digits":
+        return Path("cv/reproduce")
+    return Path(f"cv/reproduce_{model}" + ("_gpu" if hardware == "gpu" and model in GPU_PLANS else ""))
 
 
 def execute(args: argparse.Namespace, plan: Plan, out: Path) -> Results:
@@ -236,6 +256,9 @@ def _flops(name: str, agent: bool = False) -> float:
             return agent_flops(build_agent(config), config.input_size)
         always, blocks = resnet_flop_table(build_resnet(config), config.input_size)
     return always + sum(blocks)
+
+
+RUN_START_SECONDS = 5  # --plan: a process's start on a GPU (CUDA, the data set, the networks)
 
 
 def run_cost(run: PlannedRun, plan: Plan) -> float:
@@ -269,10 +292,12 @@ def plan_text(args: argparse.Namespace, plan: Plan) -> str:
              f"(the claims at {plan.penalty:g}), shallower ResNets: {', '.join(plan.shallower) or 'none'}; "
              f"{len(runs)} runs"]
     lines += [f"  {script}: {len(costs)} runs, {sum(costs):.2E} FLOPs" for script, costs in by_script.items()]
-    hours = total / (args.gpu_tflops * 1e12) / 3600
+    started = sum(n for n in map(len, by_script.values()))
+    hours = (total / (args.gpu_tflops * 1e12) + started * RUN_START_SECONDS) / 3600
     cost = f"{hours:.1f} GPU-hours" if hours >= 1 else f"{60 * hours:.1f} GPU-minutes"
-    lines.append(f"  in all {total:.2E} FLOPs: about {cost} at an effective {args.gpu_tflops:g} TFLOP/s (a rough figure: small networks reach a fraction of a "
-                 "GPU's peak; data loading and evaluation come on top)")
+    lines.append(f"  in all {total:.2E} FLOPs: about {cost} at an effective {args.gpu_tflops:g} TFLOP/s and "
+                 f"{RUN_START_SECONDS} s to start each of the {started} runs (a rough figure: small networks reach a "
+                 "fraction of a GPU's peak)")
     return "\n".join(lines)
 
 
@@ -281,7 +306,7 @@ def plan_text(args: argparse.Namespace, plan: Plan) -> str:
 # --------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> dict:
     plan = plan_of(args)
-    out = Path(args.out) if args.out else default_out(args.model)
+    out = Path(args.out) if args.out else default_out(args.model, args.hardware)
     if args.plan:
         print(plan_text(args, plan))
         return {}

@@ -231,7 +231,7 @@ def fit(cfg: TrainConfig, datasets: tuple | None = None) -> dict:
         with ExitStack() as stack:
             if not cfg.resume:  # the flags and data checked before the folder is touched
                 check_flags(cfg)
-                datasets = datasets or get_datasets(get_config(cfg.model), cfg.data_dir)
+                datasets = datasets or get_datasets(get_config(cfg.model), cfg.data_dir, cfg.train_subset)
             cfg, resumed, lock = open_folder(cfg, procs, stack)
             if resumed and resumed[1].epoch >= resumed[1].first_epoch + cfg.max_epochs:
                 return already_complete(Path(cfg.cv_dir), *resumed)
@@ -264,7 +264,7 @@ def set_up(cfg: TrainConfig, resumed: tuple[Path, RunState] | None, datasets: tu
     nets = build_networks(cfg, resumed)
     if procs.distributed and cfg.seed is not None:
         torch.manual_seed(cfg.seed + procs.rank)  # the same networks, then each process its own samples
-    trainset, testset = datasets or get_datasets(get_config(cfg.model), cfg.data_dir)
+    trainset, testset = datasets or get_datasets(get_config(cfg.model), cfg.data_dir, cfg.train_subset)
     trainloader, testloader = data_loaders(trainset, testset, procs, cfg.batch_size, cfg.workers, cfg.seed)
     layout = channels_layout(cfg.memory_format, device)
     nets.agent.to(device, memory_format=layout)

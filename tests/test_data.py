@@ -254,3 +254,23 @@ def test_digits_written_in_the_cifar10_layout_read_back_exactly(tmp_path):
     assert np.array_equal(entry["data"], images_to_rows(xte)) and entry["labels"] == yte.tolist()
     train, test = get_datasets(get_config("R32_C10"), tmp_path)
     assert (len(train), len(test)) == (1437, 360)
+
+
+def test_a_training_subset_is_balanced_fixed_and_refuses_more_than_there_is(tmp_path):
+    from utils.data import balanced_subset
+
+    labels = np.repeat(np.arange(10), [30, 30, 30, 30, 30, 30, 30, 30, 30, 5])
+    keep = balanced_subset(labels, 43, 10)
+    assert len(keep) == 43 == len(set(keep)) and list(keep) == sorted(keep)
+    assert list(np.bincount(labels[keep], minlength=10)) == [5, 5, 5, 4, 4, 4, 4, 4, 4, 4]
+    assert list(balanced_subset(labels, 43, 10)) == list(keep)  # the same images each time
+    with pytest.raises(BlockDropError, match="class 9 has 5"):
+        balanced_subset(labels, 80, 10)
+    with pytest.raises(BlockDropError, match="only 275"):
+        balanced_subset(labels, 1000, 10)
+    write_cifar10(tmp_path, n_train=20)  # 100 images
+    full, _ = get_datasets(get_config("R110_C10"), tmp_path)
+    part, test = get_datasets(get_config("R110_C10"), tmp_path, train_subset=20)
+    assert len(full) == 100 and len(part) == 20 and len(test) > 0
+    index = balanced_subset(np.asarray(full.labels), 20, 10)
+    assert torch.equal(part.images, full.images[torch.from_numpy(index)])

@@ -13,7 +13,7 @@ import reproduce
 import utils.data
 from claims import Verdict
 from conftest import assert_legible_png, assert_one_line_error, run_main
-from experiment import PLANS, Ref, Results, declare
+from experiment import GPU_PLANS, PLANS, Ref, Results, declare
 from utils.pipeline import load_script
 
 FLAGS = ["--seeds", "2", "--base_epochs", "1", "--cl_epochs", "0", "--ft_epochs", "0", "--penalties", "-1", "-5",
@@ -123,9 +123,9 @@ def test_the_plan_prints_the_runs_and_a_cost_without_running_anything(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("model", list(PLANS))
-def test_every_declared_run_parses_with_its_scripts_own_parser(model):
-    runs = declare(PLANS[model], model)
+@pytest.mark.parametrize("plans,model", [(PLANS, m) for m in PLANS] + [(GPU_PLANS, m) for m in GPU_PLANS])
+def test_every_declared_run_parses_with_its_scripts_own_parser(plans, model):
+    runs = declare(plans[model], model)
     names = [run.name for run in runs]
     assert len(names) == len(set(names))  # one folder each
     for i, run in enumerate(runs):
@@ -138,9 +138,9 @@ def test_every_declared_run_parses_with_its_scripts_own_parser(model):
             argv += ["--cv_dir", f"out/{run.name}"]
         parsed = load_script(run.script).get_args_parser().parse_args(argv)  # a bad flag exits
         assert parsed.model == run.model
-    seeds = PLANS[model].seeds
+    seeds = plans[model].seeds
     assert sum(run.script == "cl_training.py" for run in runs) == 2 * seeds
-    assert sum(run.script == "finetune.py" for run in runs) == seeds * (len(PLANS[model].penalties) + 4)
+    assert sum(run.script == "finetune.py" for run in runs) == seeds * (len(plans[model].penalties) + 4)
 
 
 def test_the_demo_reads_the_digits_plan():
@@ -151,3 +151,16 @@ def test_the_demo_reads_the_digits_plan():
     assert demo.DEFAULTS["base_milestones"] == [int(m) for m in plan.values("pretrain", "milestones")]
     assert demo.DEFAULTS["ft_lr"] == float(plan.flag("ft", "lr"))
     assert sorted([demo.DEFAULTS["penalty"], *demo.DEFAULTS["sweep_penalties"]]) == sorted(plan.penalties)
+
+
+def test_fashion_has_a_cpu_and_a_gpu_plan_chosen_by_hardware(tmp_path):
+    cpu = run_main(reproduce, "--model", "R20_Fashion", "--plan", "--hardware", "cpu", cwd=tmp_path)
+    gpu = run_main(reproduce, "--model", "R20_Fashion", "--plan", "--hardware", "gpu", cwd=tmp_path)
+    assert cpu.returncode == 0 and gpu.returncode == 0
+    assert "--train_subset" not in " ".join(GPU_PLANS["R20_Fashion"].cl_flags)  # all 60,000 images on a GPU
+    subset = int(PLANS["R20_Fashion"].flag("cl", "train_subset"))
+    assert subset == PLANS["R20_Fashion"].train_images < GPU_PLANS["R20_Fashion"].train_images == 60000
+    for part in ("pretrain", "cl", "ft"):  # the base, the curriculum and finetuning see the same images
+        assert PLANS["R20_Fashion"].flag(part, "train_subset") == str(subset)
+    assert cpu.stdout != gpu.stdout and list(tmp_path.iterdir()) == []
+    assert reproduce.default_out("R20_Fashion", "gpu") != reproduce.default_out("R20_Fashion", "cpu")

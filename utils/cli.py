@@ -99,6 +99,12 @@ def add_model_flag(parser: argparse.ArgumentParser, default: str) -> None:
                         help=f"R<depth>_<dataset>, one of: {', '.join(CONFIGS)}")
 
 
+def add_subset_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train_subset", type=positive_int, default=None, metavar="N",
+                        help="train on N of the training images, as many of each class, the same N for every "
+                             "seed and script (default: all); the test set stays whole")
+
+
 def add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
 
@@ -112,6 +118,7 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
     p.add_argument("--wd", type=finite_float, default=0.0, help="weight decay")
     add_model_flag(p, "R110_C10")
     p.add_argument("--data_dir", default="data/", help="data set folder")
+    add_subset_flag(p)
     p.add_argument("--load", default=None, help="checkpoint to resume from (its epoch + 1 is the first)")
     p.add_argument("--cv_dir", default="cv/tmp/", help="folder for checkpoints and logs")
     p.add_argument("--batch_size", type=positive_int, default=batch_size, help="batch size")

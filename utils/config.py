@@ -19,6 +19,7 @@ class TrainConfig:
     joint: bool
     model: str = "R110_C10"
     data_dir: str = "data/"
+    train_subset: int | None = None
     cv_dir: str = "cv/tmp/"
     load: str | None = None
     pretrained: str | None = None  # finetuning only: the curriculum checkpoint's agent

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
@@ -50,6 +50,14 @@ class ArrayDataset(Dataset):
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.transform = transform
+
+    @classmethod
+    def of(cls, dataset: ArrayDataset, keep: np.ndarray) -> ArrayDataset:
+        """The images ``keep`` of ``dataset``, with its transform."""
+        out = cls.__new__(cls)
+        index = torch.from_numpy(keep)
+        out.images, out.labels, out.transform = dataset.images[index], dataset.labels[index], dataset.transform
+        return out
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -308,6 +316,40 @@ DATASETS: dict[str, Callable] = {
 }
 
 
-def get_datasets(config, data_dir: str | Path):
-    """(train set, test set) of a configuration, with SPEC's transforms."""
-    return DATASETS[config.dataset](config, Path(data_dir))
+def get_datasets(config, data_dir: str | Path, train_subset: int | None = None):
+    """(train set, test set) of a configuration, with SPEC's transforms;
+    ``train_subset``: that many training images, balanced over the classes
+    (``balanced_subset``), the test set whole."""
+    trainset, testset = DATASETS[config.dataset](config, Path(data_dir))
+    if train_subset is not None:
+        keep = balanced_subset(dataset_labels(trainset), train_subset, config.num_classes)
+        trainset = ArrayDataset.of(trainset, keep) if isinstance(trainset, ArrayDataset) else Subset(trainset, keep)
+    return trainset, testset
+
+
+SUBSET_SEED = 0  # the subset does not change with --seed: the base, the curriculum and finetuning see one set
+
+
+def balanced_subset(labels: np.ndarray, size: int, num_classes: int) -> np.ndarray:
+    """Indices (sorted) of ``size`` images, ``size // num_classes`` of each class
+    (the first classes one more, for the remainder), drawn by a fixed seed."""
+    counts = np.bincount(labels, minlength=num_classes)
+    share = np.full(num_classes, size // num_classes)
+    share[: size % num_classes] += 1
+    if size > len(labels):
+        raise BlockDropError(f"--train_subset {size}: the training set has only {len(labels)} images; ask for at "
+                             "most that many")
+    short = np.flatnonzero(share > counts)
+    if len(short):
+        c = int(short[0])
+        raise BlockDropError(f"--train_subset {size}: class {c} has {counts[c]} training images, fewer than its "
+                             f"share of {share[c]}; ask for at most {num_classes * int(counts.min())} images")
+    rng = np.random.default_rng(SUBSET_SEED)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[: share[c]] for c in range(num_classes)]
+    return np.sort(np.concatenate(picked))
+
+
+def dataset_labels(dataset) -> np.ndarray:
+    """The labels of an ArrayDataset or an image folder, without reading the images."""
+    labels = dataset.labels if isinstance(dataset, ArrayDataset) else dataset.targets
+    return np.asarray(labels, dtype=np.int64)
