@@ -70,7 +70,7 @@ def data_path_speed(name: str, images: int, batch: int, repeats: int, device: to
     ``--device_data`` (the data set on the device, augmented there)."""
     rows = speed_data.data_path_rows(name, images, batch, repeats, device, layout, workers, phases=("pretraining",))
     return [(f"{name} pretraining epoch, {images:,} images, batch {batch}, {row['path']}",
-             Outcome(f"{row['images_per_s']:,.0f} images/s (**{row['ratio']:.2f}** × the first row's)"))
+             Outcome(f"{row['images_per_s']:,.0f} images/s (**{row['ratio']:.2f}** × the DataLoader's with workers)"))
             for row in rows]
 
 

@@ -53,7 +53,7 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--channels_last", action="store_true",
                    help="every network and batch in the channels-last memory format (default: contiguous NCHW)")
     p.add_argument("--data_path", action="store_true",
-                   help="only images per second of a pretraining and a curriculum epoch on each data path (the "
+                   help="only images per second of an epoch (batches alone, pretraining, curriculum) on each data path (the "
                         "DataLoader with 4 workers and with none, --device_data), printed, --out not written: "
                         "about a minute and a half on a 2-core CPU")
     p.add_argument("--data_images", type=int, default=4096, help="images of the --data_path epochs")
@@ -306,9 +306,10 @@ def training_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-DATA_PATH_NOTE = ("**The data path** (images per second of a training epoch, R8_Fashion at batch 128 on Fashion-like "
-                  "random 32x32 images: the DataLoader with the scripts' 4 workers and with none, against "
-                  "`--device_data`; the fastest of 2 epochs, interleaved; in bold, the speed against the first row)")
+DATA_PATH_NOTE = ("**The data path** (images per second of an epoch of R8_Fashion at batch 128 on Fashion-like "
+                  "random 32x32 images, its batches alone and with a pretraining or a curriculum step: the "
+                  "DataLoader with the scripts' 4 workers and with none, against `--device_data`; the fastest of "
+                  "2 epochs, interleaved; in bold, the speed against the DataLoader with 4 workers)")
 
 
 def data_path_section(args: argparse.Namespace, device: torch.device, repeats: int = 2) -> str:

@@ -2,9 +2,10 @@
 (``utils.runtime.data_loaders``, with the scripts' default workers and with none)
 against ``--device_data`` (``utils.device_data``), on Fashion-like data (random
 32x32 uint8 images with Fashion-MNIST's transforms: crop, flip, normalisation).
-A pretraining epoch (SGD on the cross-entropy, as ``pretrain.py`` steps) and a
-curriculum epoch (the policy network learns, the ResNet frozen, as
-``cl_training.py`` steps), each through the engine's ``train_one_epoch``: the
+The batches alone (no step: what the data path itself costs), a pretraining
+epoch (SGD on the cross-entropy, as ``pretrain.py`` steps) and a curriculum
+epoch (the policy network learns, the ResNet frozen, as ``cl_training.py``
+steps), each through the engine's ``train_one_epoch``: the
 loop the scripts run, batches moved to the device as they do. The paths' epochs
 are interleaved, the fastest of ``repeats`` kept; a DataLoader's workers start
 anew each epoch where they do not persist (on the CPU), as in the scripts.
@@ -69,7 +70,12 @@ def curriculum_step(name: str, device: torch.device, layout=torch.contiguous_for
     return step
 
 
-PHASES = {"pretraining": pretraining_step, "curriculum": curriculum_step}
+def no_step(name: str, device: torch.device, layout=torch.contiguous_format):
+    """The batches alone: what the data path itself costs an epoch."""
+    return lambda inputs, targets: {}
+
+
+PHASES = {"batches alone": no_step, "pretraining": pretraining_step, "curriculum": curriculum_step}
 
 
 def paths(workers: int = WORKERS) -> dict[str, dict]:
@@ -112,7 +118,7 @@ def data_path_rows(name: str, images: int, batch: int, repeats: int, device: tor
 
 
 def data_path_table(rows: list[dict]) -> str:
-    lines = ["| network | epoch | batch | images | data path | images/s | speed against the first row |",
+    lines = ["| network | epoch | batch | images | data path | images/s | speed against the DataLoader with workers |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['network']} | {r['phase']} | {r['batch']} | {r['images']:,} | {r['path']} | "
