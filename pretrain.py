@@ -27,6 +27,7 @@ from utils.bases import PRETRAINED_DIR, base_checkpoint_name, load_weights
 from utils.cli import (
     ArgumentParser,
     BlockDropError,
+    add_device_data_flag,
     add_device_flag,
     add_model_flag,
     add_run_folder_flags,
@@ -40,6 +41,7 @@ from utils.cli import (
     seed_everything,
 )
 from utils.data import get_datasets
+from utils.device_data import check_device_data
 from utils.distributed import Processes, gather_rows, main_first, main_print, setup, teardown
 from utils.files import save_checkpoint
 from utils.runstate import LAST, FolderLock, RunState, prepare_run_folder
@@ -78,6 +80,7 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
     p.add_argument("--workers", type=nonnegative_int, default=4, help="data loader workers")
     add_throughput_flags(p)
+    add_device_data_flag(p)
     add_run_folder_flags(p, resumable="--epochs (a larger value extends the run), --workers, --device, --amp and "
                                       "--memory_format")
     return p
@@ -191,7 +194,9 @@ def finished_base(cv_dir: Path) -> list[Path]:
 
 def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> Path:
     args.cv_dir = str(args.cv_dir or PRETRAINED_DIR / args.model)
-    data = None if args.resume else get_datasets(get_config(args.model), args.data_dir, args.train_subset)  # before any file moves
+    data = None if args.resume else get_datasets(get_config(args.model), args.data_dir, args.train_subset)
+    if data and args.device_data:  # checked before any file moves
+        check_device_data(*data)
     resumed, lock = open_folder(args, procs, stack)
     config = get_config(args.model)
     resnet = build_resnet(config) if resumed else None
@@ -204,7 +209,7 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     seed_everything(args.seed)
     trainset, testset = data or get_datasets(config, args.data_dir, args.train_subset)
     trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
-                                           test_batch_size=256)
+                                           test_batch_size=256, device_data=args.device_data)
     layout = channels_layout(args.memory_format, procs.device)
     if procs.device.type == "cuda":
         torch.backends.cudnn.benchmark = True

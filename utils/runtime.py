@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from .data import WithIndex
+from .device_data import device_loaders
 from .distributed import Processes, main_print
 
 
@@ -70,13 +71,17 @@ def cuda_devices(device: torch.device) -> list[int]:
 # data loaders
 # --------------------------------------------------------------------------
 def data_loaders(trainset, testset, procs: Processes, batch_size: int, workers: int, seed: int | None,
-                 test_batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
+                 test_batch_size: int | None = None, device_data: bool = False) -> tuple[DataLoader, DataLoader]:
     """Batches of (images, targets, the images' indices). One process shuffles
     as the original does; under torchrun a DistributedSampler gives each process
     its share of a shuffle seeded by ``--seed`` and the epoch (``set_epoch``),
     and the test set is dealt out image by image, with no image repeated.
     ``batch_size`` is per process. On CUDA the batches are pinned and the
-    workers persist across epochs."""
+    workers persist across epochs. ``device_data`` (``--device_data``): the
+    data sets held on the device, shuffled and augmented there in whole
+    batches (``utils.device_data``), with the same batches' sizes and shares."""
+    if device_data:
+        return device_loaders(trainset, testset, procs, batch_size, seed, test_batch_size)
     trainset, testset = WithIndex(trainset), WithIndex(testset)
     cuda = procs.device.type == "cuda"
     extra = {"num_workers": workers, "pin_memory": cuda, "persistent_workers": cuda and workers > 0}
@@ -91,9 +96,11 @@ def data_loaders(trainset, testset, procs: Processes, batch_size: int, workers: 
             DataLoader(share, batch_size=test_batch_size, shuffle=False, **extra))
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """A distributed sampler shuffles by ``--seed`` and the epoch."""
-    if isinstance(loader.sampler, DistributedSampler):
+def set_epoch(loader, epoch: int) -> None:
+    """A distributed sampler (and ``--device_data``'s loader under torchrun) shuffles by ``--seed`` and the epoch."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    elif isinstance(getattr(loader, "sampler", None), DistributedSampler):
         loader.sampler.set_epoch(epoch)
 
 
