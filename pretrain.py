@@ -79,6 +79,8 @@ def get_args_parser() -> ArgumentParser:
     add_device_flag(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
     p.add_argument("--workers", type=nonnegative_int, default=4, help="data loader workers")
+    p.add_argument("--test_every", type=positive_int, default=1,
+                   help="evaluate on the test set every N epochs, and always at the last (default: every epoch)")
     add_throughput_flags(p)
     add_device_data_flag(p)
     add_run_folder_flags(p, resumable="--epochs (a larger value extends the run), --workers, --device, --amp and "
@@ -98,10 +100,12 @@ def lr_factor(args: argparse.Namespace, epoch: int) -> float:
 
 class BasePhase(Phase):
     """Supervised training of the base ResNet: SGD on the cross-entropy, the
-    test accuracy after every epoch, one log line per epoch."""
+    test accuracy every ``test_every`` epochs and at the last, one log line per epoch."""
 
-    def __init__(self, resnet, procs: Processes, testloader, layout, precision, optimizer, schedule):
+    def __init__(self, resnet, procs: Processes, testloader, layout, precision, optimizer, schedule,
+                 test_every: int = 1, last_epoch: int = 0):
         self.models, self.procs, self.testloader, self.layout = {"resnet": resnet}, procs, testloader, layout
+        self.test_every, self.last_epoch = test_every, last_epoch
         self.optimizer, self.schedule = optimizer, schedule
         self.model = parallelize(procs, False, [resnet])[0]
         self.precision, self.scaler = precision, grad_scaler(precision)
@@ -127,7 +131,7 @@ class BasePhase(Phase):
         return self.figures
 
     def tested(self, epoch: int) -> bool:
-        return True
+        return epoch % self.test_every == 0
 
     def evaluate(self, epoch: int) -> dict:
         tested = predict(BlockDrop(None, self.models["resnet"]), self.testloader, self.procs.device,
@@ -137,12 +141,13 @@ class BasePhase(Phase):
         return self.figures
 
     def log(self, logger, epoch, train=None, test=None):
-        if test is None:
-            return  # one line per epoch, once the test accuracy is known
-        row = {"epoch": epoch, "lr": self.lr, **{k: v for k, v in test.items() if k != "acc"}}
+        if test is None and (self.tested(epoch) or epoch == self.last_epoch):
+            return  # one line per epoch, with the test accuracy when it is measured
+        row = {"epoch": epoch, "lr": self.lr, **{k: v for k, v in (test or train).items() if k != "acc"}}
+        tested = f"TS: {row['test_accuracy']:.3f} | " if test else ""
         logger.log(epoch, f"E: {epoch} | L: {row['train_loss']:.4f} | A: {row['train_accuracy']:.3f} | "
-                          f"TS: {row['test_accuracy']:.3f} | lr: {self.lr:.2E}",
-                   {k: row[k] for k in ("train_loss", "train_accuracy", "test_accuracy", "lr")}, row)
+                          f"{tested}lr: {self.lr:.2E}",
+                   {k: row[k] for k in ("train_loss", "train_accuracy", "test_accuracy", "lr") if k in row}, row)
 
     def saved_figures(self, figures: dict) -> dict:
         return figures
@@ -217,7 +222,8 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
         resnet = build_resnet(config)
     resnet.to(procs.device, memory_format=layout)
     optimizer, schedule = make_optimizer(args, resnet, resumed)
-    phase = BasePhase(resnet, procs, testloader, layout, amp_dtype(args.amp, procs.device), optimizer, schedule)
+    phase = BasePhase(resnet, procs, testloader, layout, amp_dtype(args.amp, procs.device), optimizer, schedule,
+                      args.test_every, args.epochs)
     start = resumed.epoch + 1 if resumed else 1
     flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     run = Run(Path(args.cv_dir), procs, {**flags, "processes": procs.world_size}, 1, start, args.epochs)
