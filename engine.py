@@ -18,12 +18,12 @@ import torch.nn as nn
 from models import BlockDrop
 from rl import reward
 from utils.checkpoints import unwrap
-from utils.cli import NonFinite, progress
-from utils.distributed import Processes, gather_objects, gather_rows
+from utils.distributed import Processes, gather_objects, gather_rows, is_main_process
+from utils.errors import NonFinite
 from utils.files import save_args
 from utils.logger import RunLogger
 from utils.runstate import LAST, RunState, rng_state
-from utils.runtime import autocast, cuda_devices, first_of_each, set_epoch, to_device
+from utils.runtime import autocast, cuda_devices, first_of_each, progress, set_epoch, to_device
 
 
 # --------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def begin_run(run: Run, phase: Phase, fresh: bool) -> Run:
     records the arguments and opens the log."""
     if fresh:
         save_state(run, phase, run.start_epoch - 1, {}, tested=False)
-    if run.procs.is_main:
+    if is_main_process():
         save_args(run.args, run.cv_dir)
         run.logger = RunLogger(run.cv_dir, run.start_epoch)
     return run
@@ -216,7 +216,7 @@ def save_state(run: Run, phase: Phase, epoch: int, figures: dict, tested: bool) 
     every process gives its random generators); at a tested epoch also as the
     phase's named checkpoint, whose figures and path are returned."""
     rng = gather_objects(run.procs, rng_state())
-    if not run.procs.is_main:
+    if not is_main_process():
         return None
     state = RunState(epoch=epoch, networks={k: unwrap(m).state_dict() for k, m in phase.models.items()},
                      optimizer=phase.optimizer.state_dict(), args=run.args, rng=rng, first_epoch=run.first_epoch,

@@ -26,7 +26,6 @@ from models import BlockDrop, build_resnet, get_config, to_standard_keys
 from utils.bases import PRETRAINED_DIR, base_checkpoint_name, load_weights
 from utils.cli import (
     ArgumentParser,
-    BlockDropError,
     add_device_flag,
     add_model_flag,
     add_run_folder_flags,
@@ -37,10 +36,10 @@ from utils.cli import (
     positive_float,
     positive_int,
     run_cli,
-    seed_everything,
 )
 from utils.data import get_datasets
-from utils.distributed import Processes, gather_rows, main_first, main_print, setup, teardown
+from utils.distributed import Processes, gather_rows, is_main_process, main_first, main_print, setup, teardown
+from utils.errors import BlockDropError
 from utils.files import save_checkpoint
 from utils.runstate import LAST, FolderLock, RunState, prepare_run_folder
 from utils.runtime import (
@@ -51,6 +50,7 @@ from utils.runtime import (
     data_loaders,
     grad_scaler,
     parallelize,
+    seed_everything,
 )
 
 # Flags that may differ when a run is resumed (--epochs extends it).
@@ -243,7 +243,7 @@ def save_base(cv_dir: Path, procs: Processes, epochs: int, config, resnet, acc: 
     (``acc``: the last test accuracy). A file of that name that this run did not
     write is never replaced."""
     path = cv_dir / base_checkpoint_name(epochs, acc)
-    if procs.is_main:
+    if is_main_process():
         if path.exists() and trained:
             raise BlockDropError(f"{path} exists and was not written by this run; the trained network is in "
                                  f"{cv_dir / LAST}: move {path.name} away and run again with --resume")

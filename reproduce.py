@@ -51,18 +51,10 @@ from report import claims_table, comparison_panels, curve_arms, report_markdown,
 from rl import learned_blocks
 from utils.bases import choose_base, load_base
 from utils.checkpoints import load_blockdrop, policy_source
-from utils.cli import (
-    ArgumentParser,
-    BlockDropError,
-    add_device_flag,
-    choose_device,
-    finite_float,
-    nonnegative_int,
-    positive_int,
-    run_cli,
-)
+from utils.cli import ArgumentParser, add_device_flag, finite_float, nonnegative_int, positive_int, run_cli
 from utils.data import get_datasets
-from utils.distributed import setup, teardown
+from utils.distributed import choose_device, is_main_process, setup, teardown
+from utils.errors import BlockDropError
 from utils.files import atomic_write_bytes, writable_folder, write_json
 from utils.flops import agent_flops, resnet_flop_table
 from utils.pipeline import cached, content_sha256, recorded_seconds, run_step, run_training
@@ -318,7 +310,7 @@ def main(args: argparse.Namespace) -> dict:
         results = execute(args, plan, out)
     finally:
         teardown(procs)
-    if not procs.is_main:
+    if not is_main_process():
         return results.to_json()
     assessments = all_claims(results)
     meta = {"minutes": (time.time() - started) / 60, "step_minutes": recorded_seconds(out) / 60,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli
 
 from models import force_prefix, greedy_policy
-from utils.cli import NonFinite
+from utils.errors import NonFinite
 from utils.runtime import autocast, backward_and_step
 
 

@@ -23,7 +23,6 @@ from utils.bases import find_default_base
 from utils.checkpoints import load_blockdrop_checkpoint
 from utils.cli import (
     ArgumentParser,
-    BlockDropError,
     add_device_flag,
     add_model_flag,
     finite_float,
@@ -32,6 +31,7 @@ from utils.cli import (
     positive_int,
     run_cli,
 )
+from utils.errors import BlockDropError
 from utils.files import writable_folder, write_json
 from utils.pipeline import cached, content_sha256, run_step, run_training
 from utils.plots import save_figure, tradeoff_figure

@@ -25,16 +25,16 @@ from utils.bases import load_base_for
 from utils.checkpoints import load_trained, policy_source, recorded_policy
 from utils.cli import (
     ArgumentParser,
-    BlockDropError,
     add_device_flag,
     add_model_flag,
     add_policy_flags,
-    choose_device,
     nonnegative_int,
     positive_int,
     run_cli,
 )
 from utils.data import get_datasets
+from utils.distributed import choose_device
+from utils.errors import BlockDropError
 from utils.files import load_state_file, output_file, write_json
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
 from utils.timing import seconds_per_image

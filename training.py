@@ -19,12 +19,12 @@ from models import build_agent, build_resnet, get_config
 from rl import RLConfig, learned_blocks, train_step
 from utils.bases import load_base_for, load_policy_start
 from utils.checkpoints import checkpoint_name, load_blockdrop_checkpoint, policy_source
-from utils.cli import BlockDropError, seed_everything
 from utils.config import RESUMABLE, TrainConfig
 from utils.data import get_datasets
 from utils.distributed import Processes, main_first, main_print, setup, teardown
+from utils.errors import BlockDropError
 from utils.runstate import FolderLock, RunState, prepare_run_folder
-from utils.runtime import amp_dtype, channels_layout, data_loaders, grad_scaler, parallelize
+from utils.runtime import amp_dtype, channels_layout, data_loaders, grad_scaler, parallelize, seed_everything
 
 # --------------------------------------------------------------------------
 # BlockDrop's phase: curriculum learning or joint finetuning

@@ -35,17 +35,10 @@ from torch.utils.data import DataLoader, Subset
 from engine import policy_stats, predict
 from models import BlockDrop, build_agent, build_resnet, get_config
 from utils.checkpoints import load_trained
-from utils.cli import (
-    ArgumentParser,
-    BlockDropError,
-    add_device_flag,
-    add_model_flag,
-    choose_device,
-    nonnegative_int,
-    positive_int,
-    run_cli,
-)
+from utils.cli import ArgumentParser, add_device_flag, add_model_flag, nonnegative_int, positive_int, run_cli
 from utils.data import get_datasets
+from utils.distributed import choose_device
+from utils.errors import BlockDropError
 from utils.files import output_file, writable_folder, write_json
 from utils.plots import (
     blocks_hist_figure,

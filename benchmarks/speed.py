@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's mo
 from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config
 from rl import RLConfig, train_step
 from utils.checkpoints import load_blockdrop
-from utils.cli import ArgumentParser, add_device_flag, choose_device
+from utils.cli import ArgumentParser, add_device_flag
 from utils.data import get_datasets
+from utils.distributed import choose_device
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
 from utils.timing import seconds_per_image, synchronize
 

@@ -18,9 +18,9 @@ import torch.nn as nn
 
 from models import RESNET18_WEIGHTS, PolicyNet, to_flat_keys
 
-from .cli import BlockDropError, downloads_allowed
 from .distributed import main_print
-from .files import converted_path, first_line, load_state_file
+from .errors import BlockDropError
+from .files import converted_path, downloads_allowed, first_line, load_state_file
 
 PRETRAINED_DIR = Path("cv/pretrained")  # relative to the working directory, as in the original
 BASE_PATTERN = re.compile(r"pk_E_(?P<epoch>\d+)_A_(?P<acc>[0-9.]+)\.t7$")

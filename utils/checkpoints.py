@@ -13,7 +13,7 @@ import torch.nn as nn
 from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config
 
 from .bases import load_base_for, load_weights, same_configuration
-from .cli import BlockDropError
+from .errors import BlockDropError
 from .files import load_state_file
 
 CKPT_PATTERN = re.compile(

@@ -1,31 +1,18 @@
-"""Command-line plumbing: the project's error type, the argument parser and its
-value types, the shared training flags, running a script's ``main`` from the
-command line, and the device and seed decisions that the flags make."""
+"""Command-line plumbing: the argument parser and its value types, the shared
+flag groups, and running a script's ``main`` from the command line (an
+expected failure is one line and exit status 2)."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import random
 import re
 import sys
 from collections.abc import Callable, Sequence
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
 from models import CONFIGS, POLICY_SOURCES
 
-
-class BlockDropError(Exception):
-    """An expected failure (bad flag, missing or wrong file): the scripts print
-    its message as one line and exit with status 2."""
-
-
-class NonFinite(BlockDropError):
-    """A loss, keep-probability or weight that is nan or infinite: training stops."""
+from .errors import BlockDropError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -196,42 +183,3 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         print(f"{parser.prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
 
-
-# --------------------------------------------------------------------------
-# the decisions the flags make
-# --------------------------------------------------------------------------
-def choose_device(name: str | None) -> torch.device:
-    """``--device``: default CUDA when present, else CPU."""
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise BlockDropError(f"--device {name!r} is not a device ({exc}); use cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BlockDropError(f"--device {name} asked for CUDA but no CUDA GPU is available; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise BlockDropError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return device
-
-
-def progress(iterable, desc: str):
-    """A progress bar on a terminal and on the main process; nothing in a log
-    file, where every refresh would be one more line."""
-    main = int(os.environ.get("RANK", "0")) == 0
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=not (main and sys.stderr.isatty()))
-
-
-NO_DOWNLOAD_ENV = "BLOCKDROP_NO_DOWNLOAD"  # set to 1 to never try the network
-
-
-def downloads_allowed() -> bool:
-    return os.environ.get(NO_DOWNLOAD_ENV, "") not in ("1", "true", "yes")
-
-
-def seed_everything(seed: int | None) -> None:
-    if seed is None:
-        return
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

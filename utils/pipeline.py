@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from utils.bases import file_sha256
-from utils.cli import BlockDropError
 from utils.distributed import from_main, is_main_process, main_print
+from utils.errors import BlockDropError
 from utils.files import write_json
 from utils.runstate import RunState, run_files
 

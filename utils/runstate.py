@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import BlockDropError
 from .distributed import main_print
+from .errors import BlockDropError
 from .files import (
     load_state_file,
     remove_partial_writes,

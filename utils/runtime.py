@@ -1,9 +1,13 @@
-"""How the networks run on the hardware, decided once per run: mixed
-precision (``--amp``), the memory format (``--memory_format``), data loaders
-(pinned, persistent, sharded under torchrun), and the wrapping of the
-networks for several GPUs. Of these, only ``--amp`` changes a run on the CPU."""
+"""How a run runs, decided once: the seed (``--seed``), mixed precision
+(``--amp``), the memory format (``--memory_format``), data loaders (pinned,
+persistent, sharded under torchrun), the progress bar, and the wrapping of the
+networks for several GPUs. Of the hardware's settings, only ``--amp`` changes
+a run on the CPU. The device and the processes are ``utils.distributed``'s."""
 
 from __future__ import annotations
+
+import random
+import sys
 
 import numpy as np
 import torch
@@ -11,8 +15,25 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .data import WithIndex
-from .distributed import Processes, main_print
+from .distributed import Processes, is_main_process, main_print
+
+
+def seed_everything(seed: int | None) -> None:
+    """``--seed``: Python's, numpy's and torch's generators (not seeded: None)."""
+    if seed is None:
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def progress(iterable, desc: str):
+    """A progress bar on a terminal and on the main process; nothing in a log
+    file, where every refresh would be one more line."""
+    from tqdm import tqdm  # only where a loop shows one
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True,
+                disable=not (is_main_process() and sys.stderr.isatty()))
 
 
 # --------------------------------------------------------------------------
@@ -77,6 +98,8 @@ def data_loaders(trainset, testset, procs: Processes, batch_size: int, workers: 
     and the test set is dealt out image by image, with no image repeated.
     ``batch_size`` is per process. On CUDA the batches are pinned and the
     workers persist across epochs."""
+    from .data import WithIndex  # the data sets' module, which the method's step does not need
+
     trainset, testset = WithIndex(trainset), WithIndex(testset)
     cuda = procs.device.type == "cuda"
     extra = {"num_workers": workers, "pin_memory": cuda, "persistent_workers": cuda and workers > 0}
