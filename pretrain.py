@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.optim.lr_scheduler import LambdaLR
 
-from engine import Phase, Run, begin_run, predict, train_epochs
+from engine import Phase, Resumed, Run, begin_run, open_run_folder, restored_schedule, train_epochs
+from evaluation import predict
 from models import BlockDrop, build_resnet, get_config, to_standard_keys
 from utils.bases import PRETRAINED_DIR, base_checkpoint_name, load_weights
 from utils.cli import (
@@ -37,11 +37,12 @@ from utils.cli import (
     positive_int,
     run_cli,
 )
+from utils.config import HARDWARE
 from utils.data import get_datasets
-from utils.distributed import Processes, gather_rows, is_main_process, main_first, main_print, setup, teardown
+from utils.distributed import Processes, gather_rows, is_main_process, main_print, setup, teardown
 from utils.errors import BlockDropError
 from utils.files import save_checkpoint
-from utils.runstate import LAST, FolderLock, RunState, prepare_run_folder
+from utils.runstate import LAST, FolderLock, RunState
 from utils.runtime import (
     amp_dtype,
     autocast,
@@ -54,7 +55,7 @@ from utils.runtime import (
 )
 
 # Flags that may differ when a run is resumed (--epochs extends it).
-RESUMABLE = frozenset({"epochs", "workers", "device", "amp", "memory_format"})
+RESUMABLE = HARDWARE | {"epochs"}
 
 
 def get_args_parser() -> ArgumentParser:
@@ -158,25 +159,19 @@ def main(args: argparse.Namespace) -> Path:
 
 
 def open_folder(args: argparse.Namespace, procs: Processes,
-                stack: ExitStack) -> tuple[RunState | None, FolderLock | None]:
-    """The run folder checked and held for this run until ``stack`` closes (the
-    main process's lock, whose ``begin`` sets an earlier run aside with the base
-    it wrote) and, with ``--resume``, the run's newest state, whose flags then
-    replace ``args``'s."""
+                stack: ExitStack) -> tuple[Resumed | None, FolderLock | None]:
+    """The run folder held for this run (``engine.open_run_folder``; an earlier
+    run is set aside with the base it wrote) and, with ``--resume``, the run's
+    newest state, whose flags then replace ``args``'s."""
     cv_dir = Path(args.cv_dir)
-    lock = main_first(procs, lambda: prepare_run_folder(cv_dir, args.resume, args.restart,
-                                                        files=[] if args.resume else finished_base(cv_dir)))
-    if lock:
-        stack.push(lock.exit)
-    if not args.resume:
-        return None, lock
-    path, state = RunState.newest(cv_dir)
-    state.check_script("pretrain.py", path)
-    flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    vars(args).update(state.continued_flags(flags, getattr(args, "_given", frozenset()), RESUMABLE, path))
-    when = f"after epoch {state.epoch}" if state.epoch >= 1 else "before its first epoch"
-    main_print(f"resuming the run in {cv_dir} {when} ({path.name})")
-    return state, lock
+    resumed, lock = open_run_folder(cv_dir, "pretrain.py", procs, stack, args.resume, args.restart,
+                                    files=[] if args.resume else finished_base(cv_dir))
+    if resumed:
+        flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+        given = getattr(args, "_given", frozenset())
+        vars(args).update(resumed.state.continued_flags(flags, given, RESUMABLE, resumed.path))
+        resumed.announce(cv_dir)
+    return resumed, lock
 
 
 def finished_base(cv_dir: Path) -> list[Path]:
@@ -193,6 +188,7 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     args.cv_dir = str(args.cv_dir or PRETRAINED_DIR / args.model)
     data = None if args.resume else get_datasets(get_config(args.model), args.data_dir, args.train_subset)  # before any file moves
     resumed, lock = open_folder(args, procs, stack)
+    resumed = resumed.state if resumed else None
     config = get_config(args.model)
     resnet = build_resnet(config) if resumed else None
     if resumed:
@@ -211,7 +207,7 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     if resnet is None:
         resnet = build_resnet(config)
     resnet.to(procs.device, memory_format=layout)
-    optimizer, schedule = make_optimizer(args, resnet, resumed)
+    optimizer, schedule = make_optimizer(args, resnet, resumed, Path(args.cv_dir) / LAST)
     phase = BasePhase(resnet, procs, testloader, layout, amp_dtype(args.amp, procs.device), optimizer, schedule)
     start = resumed.epoch + 1 if resumed else 1
     flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
@@ -225,16 +221,13 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     return save_base(run.cv_dir, procs, args.epochs, config, resnet, phase.figures["acc"], trained=True)
 
 
-def make_optimizer(args: argparse.Namespace, resnet, resumed: RunState | None):
+def make_optimizer(args: argparse.Namespace, resnet, resumed: RunState | None, source: Path):
     """SGD with momentum and weight decay, its state restored when resuming, and
     the schedule of ``lr_factor`` from the epoch the run goes on at."""
     optimizer = torch.optim.SGD(resnet.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    if resumed:
-        optimizer.load_state_dict(resumed.optimizer)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = args.lr
     start = resumed.epoch + 1 if resumed else 1
-    schedule = LambdaLR(optimizer, lambda t: lr_factor(args, t + 1), last_epoch=start - 2)  # t counts from 0
+    schedule = restored_schedule(optimizer, resumed.optimizer if resumed else None, source, args.lr,
+                                 lambda t: lr_factor(args, t + 1), start - 2)  # t counts from 0
     return optimizer, schedule
 
 

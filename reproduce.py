@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from claims import all_claims
-from engine import predict
+from evaluation import predict
 from experiment import (
     GPU_PLANS,
     PLANS,

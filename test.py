@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from engine import policy_stats, predict
+from evaluation import policy_stats, predict
 from models import BlockDrop, build_resnet, get_config
 from utils.bases import load_base_for
 from utils.checkpoints import load_trained, policy_source, recorded_policy

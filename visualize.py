@@ -32,7 +32,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, Subset
 
-from engine import policy_stats, predict
+from evaluation import policy_stats, predict
 from models import BlockDrop, build_agent, build_resnet, get_config
 from utils.checkpoints import load_trained
 from utils.cli import ArgumentParser, add_device_flag, add_model_flag, nonnegative_int, positive_int, run_cli

@@ -101,7 +101,7 @@ def build_resnet(config: ModelConfig) -> FlatResNet:
 
 def build_agent(config: ModelConfig) -> PolicyNet:
     """The policy network, from random weights (the ImageNet one's ResNet-18
-    start is loaded by ``utils.checkpoints.load_policy_start``)."""
+    start is loaded by ``utils.bases.load_policy_start``)."""
     if config.arch == "cifar":
         return cifar_policy(config.num_blocks)
     return imagenet_policy(config.num_blocks)

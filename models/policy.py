@@ -66,7 +66,7 @@ def cifar_policy(num_blocks: int) -> PolicyNet:
     return PolicyNet(_features_without_fc(BasicBlock, [1, 1, 1], 10, style="cifar"), num_blocks)
 
 
-# The ImageNet policy network's stages start from these weights (see utils.checkpoints.load_policy_start).
+# The ImageNet policy network's stages start from these weights (see utils.bases.load_policy_start).
 RESNET18_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
 
 
@@ -77,7 +77,7 @@ def imagenet_policy(num_blocks: int) -> PolicyNet:
     The original built torchvision's ResNet-18 here to take its ImageNet
     weights; it is built here too, in the same place, so that a seeded run
     draws the same random numbers. The weights themselves are loaded by
-    ``utils.checkpoints.load_policy_start``."""
+    ``utils.bases.load_policy_start``."""
     features = _features_without_fc(BasicBlock, [1, 1, 1, 1], 1000, style="imagenet", pool_size=4)
     resnet18()  # for the random stream only
     return PolicyNet(features, num_blocks, input_pool=2)

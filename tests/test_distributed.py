@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import cifar_folder, run_main, script_env
-from engine import evaluate
+from evaluation import evaluate
 from models import build_agent, build_resnet, get_config
 from utils.bases import load_base
 from utils.checkpoints import load_blockdrop_checkpoint

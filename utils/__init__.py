@@ -5,8 +5,8 @@
 - ``utils.pipeline``: one script running another as its command, results kept with their settings;
 - ``utils.files``: atomic writes, output-path checks, the one safe way to read a ``.t7`` file, downloads;
 - ``utils.bases``: pretrained weights: the base ResNets (given, recorded or default) and the policy's start;
-- ``utils.checkpoints``: BlockDrop checkpoint names, reading them, "a checkpoint, then its base";
-- ``utils.config`` and ``utils.runstate``: a training run's flags, and its saved state and folder;
+- ``utils.checkpoints``: reading BlockDrop checkpoints, "a checkpoint, then its base";
+- ``utils.config`` and ``utils.runstate``: a training run's flags, and its saved state, folder and checkpoint names;
 - ``utils.distributed``: the device, the processes under torchrun, the main process;
 - ``utils.runtime``: seed, precision, memory format, loaders, progress bars, several GPUs;
 - ``utils.logger``: log lines, TensorBoard and ``metrics.jsonl``;
@@ -27,8 +27,8 @@ _PUBLIC = {
     "models": ["to_flat_keys", "to_standard_keys"],
     ".bases": ["BASE_PATTERN", "PRETRAINED_DIR", "base_checkpoint_name", "find_default_base", "load_base",
                "load_base_for", "load_policy_start", "load_weights", "parse_base_checkpoint_name", "resnet18_file"],
-    ".checkpoints": ["CKPT_PATTERN", "checkpoint_name", "load_blockdrop", "load_blockdrop_checkpoint", "load_trained",
-                     "parse_checkpoint_name"],
+    ".checkpoints": ["load_blockdrop", "load_blockdrop_checkpoint", "load_trained"],
+    ".runstate": ["CKPT_PATTERN", "checkpoint_name", "parse_checkpoint_name"],
     ".cli": ["ArgumentParser", "run_cli"],
     ".errors": ["BlockDropError", "NonFinite"],
     ".distributed": ["choose_device"],

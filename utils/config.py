@@ -7,8 +7,10 @@ import argparse
 from dataclasses import asdict, dataclass, fields, replace
 
 # Flags that may differ when a run is resumed: they change how long it runs, or
-# on what hardware and how fast, not the recipe.
-RESUMABLE = frozenset({"max_epochs", "workers", "device", "parallel", "amp", "memory_format"})
+# on what hardware and how fast, not the recipe. ``HARDWARE``: those of every
+# training script (``pretrain.py`` adds its ``--epochs``).
+HARDWARE = frozenset({"workers", "device", "amp", "memory_format"})
+RESUMABLE = HARDWARE | {"max_epochs", "parallel"}
 
 
 @dataclass

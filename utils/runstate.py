@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,39 @@ from .files import (
 )
 
 LAST = "last.t7"  # the newest complete state of a run, written after every epoch
+
+# --------------------------------------------------------------------------
+# the authors' checkpoint names: the one place that knows them
+# --------------------------------------------------------------------------
+CKPT_PATTERN = re.compile(
+    r"ckpt_E_(?P<epoch>\d+)_A_(?P<acc>[0-9.]+)_R_(?P<reward>[-+0-9.E]+)"
+    r"_S_(?P<blocks>[0-9.]+)_#_(?P<unique>\d+)\.t7$"
+)
+
+
+def checkpoint_name(epoch: int, acc: float, reward: float, blocks: float, unique: int) -> str:
+    """The authors' name: ``ckpt_E_{epoch}_A_{acc}_R_{reward}_S_{blocks}_#_{unique}.t7``."""
+    return f"ckpt_E_{epoch}_A_{acc:.3f}_R_{reward:.2E}_S_{blocks:.2f}_#_{unique}.t7"
+
+
+def parse_checkpoint_name(name: str | Path) -> dict:
+    """Inverse of ``checkpoint_name`` (figures rounded as in the name)."""
+    m = CKPT_PATTERN.search(Path(name).name)
+    if not m:
+        raise ValueError(f"{name} is not named like a BlockDrop checkpoint")
+    return {"epoch": int(m["epoch"]), "acc": float(m["acc"]), "reward": float(m["reward"]),
+            "blocks": float(m["blocks"]), "unique": int(m["unique"])}
+
+
+def named_checkpoints(cv_dir: Path, epoch: int | None = None) -> list[Path]:
+    """The checkpoints in ``cv_dir`` (of ``epoch`` only, when given), by name."""
+    return sorted(Path(cv_dir).glob(f"ckpt_E_{'*' if epoch is None else epoch}_*.t7"))
+
+
+def epoch_of(path: Path) -> int:
+    """The epoch in a checkpoint's name (-1 for another name)."""
+    found = re.match(r"ckpt_E_(\d+)_", Path(path).name)
+    return int(found[1]) if found else -1
 
 
 # --------------------------------------------------------------------------
@@ -120,7 +154,7 @@ class RunState:
         """The newest complete state of the run in ``cv_dir``: ``last.t7`` or, when
         it cannot be read, the checkpoint of the highest epoch that holds a run state."""
         cv_dir = Path(cv_dir)
-        ckpts = sorted(cv_dir.glob("ckpt_E_*.t7"), key=_epoch_of, reverse=True)
+        ckpts = sorted(named_checkpoints(cv_dir), key=epoch_of, reverse=True)
         for path in [cv_dir / LAST, *ckpts]:
             if not path.is_file():
                 continue
@@ -175,21 +209,13 @@ def _as_saved(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _epoch_of(path: Path) -> int:
-    name = path.name
-    try:
-        return int(name.split("_")[2])
-    except (IndexError, ValueError):
-        return -1
-
-
 # --------------------------------------------------------------------------
 # the run folder
 # --------------------------------------------------------------------------
 def run_files(cv_dir: Path) -> list[Path]:
     """The files by which a folder holds a training run."""
     cv_dir = Path(cv_dir)
-    return sorted([*cv_dir.glob("ckpt_E_*.t7"), *cv_dir.glob(LAST), *cv_dir.glob("metrics.jsonl")])
+    return sorted([*named_checkpoints(cv_dir), *cv_dir.glob(LAST), *cv_dir.glob("metrics.jsonl")])
 
 
 def set_aside(files: list[Path], folder: Path) -> Path:

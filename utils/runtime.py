@@ -150,3 +150,8 @@ def parallelize(procs: Processes, parallel: bool, trained: list[nn.Module],
         return [nn.DataParallel(m) for m in models]
     main_print(f"note: --parallel needs 2 or more CUDA GPUs; running on {procs.device}")
     return models
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside nn.DataParallel or DistributedDataParallel: checkpoints hold no ``module.`` prefix."""
+    return model.module if isinstance(model, (nn.DataParallel, DDP)) else model
