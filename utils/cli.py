@@ -98,10 +98,10 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step: int, max_epochs: int,
                        penalty: float, batch_size: int = 256) -> None:
-    """The original training flags (SPEC sections 4 and 5) with their defaults, plus the new ones."""
+    """The training flags of both phases (SPEC sections 4 and 5) with their defaults, plus the new ones;
+    the curriculum's own are ``add_curriculum_flags``'s."""
     p = parser
     p.add_argument("--lr", type=positive_float, default=lr, help="learning rate")
-    p.add_argument("--beta", type=finite_float, default=1e-1, help="entropy bonus weight (curriculum only)")
     p.add_argument("--wd", type=finite_float, default=0.0, help="weight decay")
     add_model_flag(p, "R110_C10")
     p.add_argument("--data_dir", default="data/", help="data set folder")
@@ -115,7 +115,6 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
     p.add_argument("--parallel", action="store_true", default=False,
                    help="use every visible GPU of this machine with nn.DataParallel, as the original did "
                         "(torchrun with DistributedDataParallel is the faster way: see README)")
-    p.add_argument("--cl_step", type=positive_int, default=1, help="curriculum: blocks handed to the policy per epoch")
     p.add_argument("--penalty", type=finite_float, default=penalty, help="reward of a wrong prediction (gamma)")
     p.add_argument("--alpha", type=alpha_float, default=0.8, help="probability bound for exploration, in [0.5, 1]")
     add_device_flag(p)
@@ -128,6 +127,12 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
     add_throughput_flags(p)
     add_run_folder_flags(p, resumable="--max_epochs (counted from the run's first epoch), --workers, --device, "
                                       "--parallel, --amp and --memory_format")
+
+
+def add_curriculum_flags(parser: argparse.ArgumentParser) -> None:
+    """``cl_training.py``'s own flags (``finetune.py`` has neither, as in the original)."""
+    parser.add_argument("--beta", type=finite_float, default=1e-1, help="entropy bonus weight")
+    parser.add_argument("--cl_step", type=positive_int, default=1, help="blocks handed to the policy per epoch")
 
 
 def add_run_folder_flags(parser: argparse.ArgumentParser, resumable: str) -> None:

@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, fields, replace
 HARDWARE = frozenset({"workers", "device", "amp", "memory_format"})
 RESUMABLE = HARDWARE | {"max_epochs", "parallel"}
 
+# The flags of one script only: args.txt records those its script has.
+CURRICULUM_ONLY = ("beta", "cl_step")
+FINETUNING_ONLY = ("pretrained", "per_image", "policy", "k")
+
 
 @dataclass
 class TrainConfig:
@@ -27,13 +31,13 @@ class TrainConfig:
     pretrained: str | None = None  # finetuning only: the curriculum checkpoint's agent
     base: str | None = None
     lr: float = 1e-3
-    beta: float = 0.1
+    beta: float = 0.1  # curriculum only
     wd: float = 0.0
     batch_size: int = 256
     epoch_step: int = 10000
     max_epochs: int = 10000
     lr_decay_ratio: float = 0.1
-    cl_step: int = 1
+    cl_step: int = 1  # curriculum only: blocks handed to the policy per epoch
     penalty: float = -1.0
     alpha: float = 0.8
     parallel: bool = False
@@ -64,9 +68,8 @@ class TrainConfig:
         out = asdict(self)
         for name in ("joint", "resume", "restart", "given"):
             del out[name]
-        if not self.joint:  # flags of finetune.py only
-            for name in ("pretrained", "per_image", "policy", "k"):
-                del out[name]
+        for name in CURRICULUM_ONLY if self.joint else FINETUNING_ONLY:
+            del out[name]
         return out
 
     def with_flags(self, values: dict) -> TrainConfig:
