@@ -26,7 +26,7 @@ from utils.cli import (
     positive_int,
     run_cli,
 )
-from utils.files import writable_folder, write_json
+from utils.files import set_aside, writable_folder, write_json
 from utils.pipeline import run_step
 
 # The settings of the demo: the digits plan of the reproduction (the base's
@@ -95,16 +95,12 @@ def table(full: dict, ours: dict, penalty: float) -> str:
     return "\n".join(lines)
 
 
-def set_aside(out: Path) -> Path:
-    """Rename an earlier run's folder to ``<out>-<its time>`` so a new run never
-    mixes with it and nothing of it is lost."""
+def set_aside_results(out: Path) -> Path:
+    """Move an earlier run's results to ``<out>-<its time>/`` so a new run never
+    mixes with them and nothing of them is lost."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(out.stat().st_mtime))
-    kept = out.with_name(f"{out.name}-{stamp}")
-    n = 1
-    while kept.exists():
-        n += 1
-        kept = out.with_name(f"{out.name}-{stamp}-{n}")
-    out.rename(kept)
+    kept = set_aside(sorted(out.iterdir()), out.with_name(f"{out.name}-{stamp}"))
+    out.rmdir()
     return kept
 
 
@@ -113,7 +109,7 @@ def main(args: argparse.Namespace) -> dict:
     writable_folder(out.parent, "--out")
     started = time.time()
     if out.is_dir() and any(out.iterdir()):
-        kept = set_aside(out)
+        kept = set_aside_results(out)
         print(f"note: the earlier results in {out}/ were moved to {kept}/ (the demo starts afresh)")
     common = ["--model", args.model, "--data_dir", args.data_dir, "--workers", str(args.workers)]
     common += ["--device", args.device] if args.device else []

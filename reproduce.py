@@ -42,7 +42,9 @@ from experiment import (
     Profile,
     Ref,
     Results,
+    check_distinct_penalties,
     declare,
+    flag_value,
     plan_for,
     with_flags,
 )
@@ -106,9 +108,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
     listed = " ".join(f"{p:g}" for p in plan.penalties)
     if plan.penalty not in plan.penalties:
         raise BlockDropError(f"--penalty {plan.penalty:g} is not one of --penalties {listed}")
-    if len({f"{p:g}" for p in plan.penalties}) != len(plan.penalties):
-        raise BlockDropError(f"--penalties {listed}: two of them are the same to six digits and would share a "
-                             "folder; give each once")
+    check_distinct_penalties(plan.penalties)
     if args.base and not Path(args.base).is_file():
         raise BlockDropError(f"--base {args.base}: no such file")
     return plan
@@ -187,8 +187,7 @@ def learning_curve(folder: Path, run: PlannedRun, num_blocks: int) -> Curve:
     """The run's training figures by epoch, from its ``metrics.jsonl``."""
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("split") == "train"]
-    flags = [str(f) for f in run.flags]
-    cl_step = int(flags[flags.index("--cl_step") + 1]) if "--cl_step" in flags else num_blocks
+    cl_step = int(flag_value(run.flags, "cl_step") or num_blocks)
     handover = next(e for e in range(num_blocks + 1) if learned_blocks(e, num_blocks, cl_step) >= num_blocks)
     return Curve([r["epoch"] for r in rows], [r["reward"] for r in rows], [r["acc"] for r in rows],
                  [r["blocks"] for r in rows], handover if run.script == "cl_training.py" else 0)
@@ -257,20 +256,15 @@ def run_cost(run: PlannedRun, plan: Plan) -> float:
     """A run's FLOPs: training counts forward and backward as three forward
     passes; the curriculum runs the frozen ResNet twice, finetuning three
     times (the sampled pass trains) and a heuristic's finetuning once."""
-    flags = [str(f) for f in run.flags]
-
-    def epochs(flag: str) -> int:
-        return int(flags[flags.index(flag) + 1])
-
     resnet, agent = _flops(run.model), _flops(run.model, agent=True)
     if run.script == "pretrain.py":
-        return epochs("--epochs") * plan.train_images * 3 * resnet
+        return int(flag_value(run.flags, "epochs")) * plan.train_images * 3 * resnet
     if run.script in ("test.py", "easy_hard"):
         return plan.test_images * (agent + resnet)
     per_image = 3 * agent + (2 * resnet if run.script == "cl_training.py" else 4 * resnet)
-    if "--policy" in flags:
+    if flag_value(run.flags, "policy") is not None:
         per_image = 3 * resnet
-    return (epochs("--max_epochs") + 1) * plan.train_images * per_image
+    return (int(flag_value(run.flags, "max_epochs")) + 1) * plan.train_images * per_image
 
 
 def plan_text(args: argparse.Namespace, plan: Plan) -> str:

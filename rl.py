@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli
 
 from models import force_prefix, greedy_policy
+from utils.config import PHASE_DEFAULTS
 from utils.errors import NonFinite
 from utils.runtime import autocast, backward_and_step
 
@@ -50,7 +51,7 @@ def reward(preds: torch.Tensor, targets: torch.Tensor, policy: torch.Tensor,
 @dataclass
 class RLConfig:
     alpha: float = 0.8
-    penalty: float = -1.0
+    penalty: float = PHASE_DEFAULTS[False]["penalty"]  # the curriculum's
     beta: float = 0.1
     joint: bool = False  # False: curriculum (ResNet frozen); True: joint finetuning
     execution: str | None = None  # the ResNet's mode (None: per image in eval mode, masked in train mode)

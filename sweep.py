@@ -18,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from experiment import check_distinct_penalties
 from models import build_agent, get_config
 from utils.bases import find_default_base
 from utils.checkpoints import load_blockdrop_checkpoint
@@ -110,10 +111,7 @@ def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path,
 def check_inputs(args: argparse.Namespace) -> None:
     """Everything that can be checked before any file is written: one folder per
     penalty, the starting files there and readable."""
-    names = [penalty_dir(Path(args.cv_dir), p).name for p in args.penalties]
-    if len(set(names)) != len(names):
-        raise BlockDropError(f"--penalties {' '.join(f'{p:g}' for p in args.penalties)}: two of them are the same "
-                             "to six digits and would share a folder; give each once")
+    check_distinct_penalties(args.penalties)  # penalty_dir names each by its value to six digits
     if args.base and not Path(args.base).is_file():
         raise BlockDropError(f"--base {args.base}: no such file")
     config = get_config(args.model)

@@ -106,6 +106,21 @@ def save_args(args: dict, cv_dir: Path) -> None:
     atomic_write_bytes(Path(cv_dir) / "args.txt", text.encode())
 
 
+def set_aside(paths: list[Path], folder: Path) -> Path:
+    """Move ``paths`` (those that exist) into the new folder ``folder``, or
+    ``folder-2``, ``folder-3``, ... when it is taken: an earlier run's files,
+    kept whole. Returns the folder."""
+    kept, n = Path(folder), 1
+    while kept.exists():
+        n += 1
+        kept = Path(folder).with_name(f"{Path(folder).name}-{n}")
+    kept.mkdir()
+    for path in paths:
+        if path.exists():
+            path.rename(kept / path.name)
+    return kept
+
+
 def remove_partial_writes(folder: Path) -> list[Path]:
     """Delete the temporary files that a write killed half-way left behind."""
     removed = []

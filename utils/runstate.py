@@ -23,6 +23,7 @@ from .files import (
     remove_partial_writes,
     same_file_atomically,
     save_checkpoint,
+    set_aside,
     writable_folder,
 )
 
@@ -218,19 +219,10 @@ def run_files(cv_dir: Path) -> list[Path]:
     return sorted([*named_checkpoints(cv_dir), *cv_dir.glob(LAST), *cv_dir.glob("metrics.jsonl")])
 
 
-def set_aside(files: list[Path], folder: Path) -> Path:
+def set_aside_earlier(files: list[Path], folder: Path) -> Path:
     """Move an earlier run's files (and its log/ and args.txt) into ``folder/earlier-<time>/``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    kept = Path(folder) / f"earlier-{stamp}"
-    n = 1
-    while kept.exists():
-        n += 1
-        kept = Path(folder) / f"earlier-{stamp}-{n}"
-    kept.mkdir()
-    for path in [*files, Path(folder) / "args.txt", Path(folder) / "log"]:
-        if path.exists():
-            path.rename(kept / path.name)
-    return kept
+    return set_aside([*files, Path(folder) / "args.txt", Path(folder) / "log"],
+                     Path(folder) / f"earlier-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 class FolderLock:
@@ -275,7 +267,7 @@ class FolderLock:
         for tmp in remove_partial_writes(self.folder):
             main_print(f"note: removed {tmp}, left by an interrupted write")
         if self.earlier:
-            main_print(f"note: the earlier run's files were moved to {set_aside(self.earlier, self.folder)}/")
+            main_print(f"note: the earlier run's files were moved to {set_aside_earlier(self.earlier, self.folder)}/")
             self.earlier = []
 
     def release(self, undo: bool = False) -> None:
