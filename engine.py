@@ -2,9 +2,9 @@
 goes through (``pretrain.py``, ``cl_training.py``, ``finetune.py``): each epoch
 trains, logs, evaluates when due, and saves the run's state, from which a run
 goes on (``--resume``). What differs between them is a *phase* (``Phase``): its
-networks, optimizer, step, figures and log lines. The engine knows no network
+networks, optimizer, batch step, metrics and log lines. The engine knows no network
 and no method: BlockDrop's phase, curriculum learning or joint finetuning, is in
-``training.py``, its figures in ``evaluation.py``, the method's math in ``rl.py``.
+``training.py``, its metrics in ``evaluation.py``, the method's math in ``rl.py``.
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ from utils.runtime import cuda_devices, first_of_each, progress, set_epoch, to_d
 # --------------------------------------------------------------------------
 # one epoch
 # --------------------------------------------------------------------------
-def train_one_epoch(step, loader, device: torch.device, layout=torch.contiguous_format,
+def train_one_epoch(train_batch, loader, device: torch.device, layout=torch.contiguous_format,
                     desc: str = "train") -> dict[str, torch.Tensor]:
     """One pass over ``loader`` (batches of images, targets and the images'
-    indices); ``step(inputs, targets)`` trains on a batch and returns per-image
+    indices); ``train_batch(inputs, targets)`` trains on a batch and returns per-image
     rows. Returns this process's rows and the images' ``index``, in the order trained."""
     rows = defaultdict(list)
     for batch, (inputs, targets, index) in enumerate(progress(loader, desc)):
         inputs, targets = to_device(inputs, device, layout), targets.to(device, non_blocking=True)
         try:
-            out = step(inputs, targets)
+            out = train_batch(inputs, targets)
         except NonFinite as exc:
             raise NonFinite(f"{desc}, batch {batch}: {exc}") from exc
         rows["index"].append(index)
@@ -86,26 +86,26 @@ class Phase:
     layout: torch.memory_format = torch.contiguous_format  # of the batches (channels-last on CUDA)
 
     def begin_epoch(self, epoch: int) -> None: ...
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]: ...
-    def train_figures(self, rows: dict[str, torch.Tensor]) -> dict: ...
+    def train_batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def train_metrics(self, rows: dict[str, torch.Tensor]) -> dict: ...
     def tested(self, epoch: int) -> bool: ...
     def evaluate(self, epoch: int) -> dict: ...
     def log(self, logger: RunLogger, epoch: int, train: dict | None = None, test: dict | None = None) -> None: ...
-    def saved_figures(self, figures: dict) -> dict: ...
-    def checkpoint_name(self, epoch: int, figures: dict) -> str | None: ...
+    def saved_metrics(self, metrics: dict) -> dict: ...
+    def checkpoint_name(self, epoch: int, metrics: dict) -> str | None: ...
 
 
 def train_epochs(run: Run, phase: Phase, loader) -> dict:
     """Epochs ``run.start_epoch`` to ``run.end_epoch``: train, log, check the
     weights, evaluate when due (and always at the last epoch), save the state.
-    Returns the last saved checkpoint's figures and path (``checkpoint``)."""
+    Returns the last saved checkpoint's metrics and path (``checkpoint``)."""
     last = {"checkpoint": None}
     try:
         for epoch in range(run.start_epoch, run.end_epoch + 1):
             phase.begin_epoch(epoch)
             set_epoch(loader, epoch)
-            rows = train_one_epoch(phase.step, loader, run.procs.device, phase.layout, desc=f"epoch {epoch}")
-            train = phase.train_figures(each_image_once(run.procs, rows))
+            rows = train_one_epoch(phase.train_batch, loader, run.procs.device, phase.layout, desc=f"epoch {epoch}")
+            train = phase.train_metrics(each_image_once(run.procs, rows))
             if run.logger:
                 phase.log(run.logger, epoch, train=train)
             check_finite(epoch, phase.models)
@@ -146,7 +146,7 @@ def check_finite(epoch: int, models: dict[str, nn.Module]) -> None:
 
 
 def evaluate_if_due(run: Run, phase: Phase, epoch: int) -> dict | None:
-    """The test figures at a scheduled epoch, and at the last one, whose
+    """The test metrics at a scheduled epoch, and at the last one, whose
     evaluation (an addition to the original's schedule) draws from a forked
     random stream, so that nothing after it changes."""
     if phase.tested(epoch):
@@ -157,19 +157,19 @@ def evaluate_if_due(run: Run, phase: Phase, epoch: int) -> dict | None:
     return None
 
 
-def save_state(run: Run, phase: Phase, epoch: int, figures: dict, tested: bool) -> dict | None:
+def save_state(run: Run, phase: Phase, epoch: int, metrics: dict, tested: bool) -> dict | None:
     """The run's state after ``epoch`` as ``last.t7`` (the main process writes;
     every process gives its random generators); at a tested epoch also as the
-    phase's named checkpoint, whose figures and path are returned."""
+    phase's named checkpoint, whose metrics and path are returned."""
     rng = gather_objects(run.procs, rng_state())
     if not is_main_process():
         return None
     state = RunState(epoch=epoch, networks={k: unwrap(m).state_dict() for k, m in phase.models.items()},
                      optimizer=phase.optimizer.state_dict(), args=run.args, rng=rng, first_epoch=run.first_epoch,
-                     end_epoch=run.end_epoch, base=run.base, figures=phase.saved_figures(figures))
-    name = phase.checkpoint_name(epoch, figures) if tested else None
+                     end_epoch=run.end_epoch, base=run.base, metrics=phase.saved_metrics(metrics))
+    name = phase.checkpoint_name(epoch, metrics) if tested else None
     path = state.save(run.cv_dir, name)
-    return {**figures, "epoch": epoch, "checkpoint": str(path)} if name else None
+    return {**metrics, "epoch": epoch, "checkpoint": str(path)} if name else None
 
 
 # --------------------------------------------------------------------------

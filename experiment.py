@@ -255,7 +255,7 @@ def with_flags(plan: Plan, **changes) -> Plan:
 # --------------------------------------------------------------------------
 @dataclass
 class Profile:
-    """``test.py``'s figures of one model on the test set."""
+    """``test.py``'s metrics of one model on the test set."""
 
     accuracy: float
     block_usage: float
@@ -266,13 +266,13 @@ class Profile:
     images: int
 
     @classmethod
-    def of(cls, figures: dict) -> Profile:
-        return cls(**{f.name: figures[f.name] for f in fields(cls)})
+    def of(cls, metrics: dict) -> Profile:
+        return cls(**{f.name: metrics[f.name] for f in fields(cls)})
 
 
 @dataclass
 class Curve:
-    """A training run's figures after each epoch (on its training images).
+    """A training run's metrics after each epoch (on its training images).
     ``handover``: the first epoch at which the policy decides every block."""
 
     epoch: list[int]

@@ -103,13 +103,13 @@ class BasePhase(Phase):
         self.optimizer, self.schedule = optimizer, schedule
         self.model = parallelize(procs, False, [resnet])[0]
         self.precision, self.scaler = precision, grad_scaler(precision)
-        self.lr, self.figures = optimizer.param_groups[0]["lr"], {}  # the last epoch's, saved with the state
+        self.lr, self.metrics = optimizer.param_groups[0]["lr"], {}  # the last epoch's, saved with the state
 
     def begin_epoch(self, epoch: int) -> None:
         self.lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
 
-    def step(self, inputs, targets):
+    def train_batch(self, inputs, targets):
         with autocast(inputs.device, self.precision):
             logits = self.model(inputs)
         logits = logits.float()
@@ -119,10 +119,10 @@ class BasePhase(Phase):
         return {"loss": F.cross_entropy(logits.detach(), targets, reduction="none"),
                 "correct": logits.argmax(1) == targets}
 
-    def train_figures(self, rows):
-        self.figures = {"train_loss": rows["loss"].double().mean().item(),
+    def train_metrics(self, rows):
+        self.metrics = {"train_loss": rows["loss"].double().mean().item(),
                         "train_accuracy": rows["correct"].double().mean().item()}
-        return self.figures
+        return self.metrics
 
     def tested(self, epoch: int) -> bool:
         return True
@@ -131,8 +131,8 @@ class BasePhase(Phase):
         tested = predict(BlockDrop(None, self.models["resnet"]), self.testloader, self.procs.device,
                          amp=self.precision, layout=self.layout)
         acc = gather_rows(self.procs, tested["correct"])[0].double().mean().item()
-        self.figures = {**self.figures, "acc": acc, "test_accuracy": acc}
-        return self.figures
+        self.metrics = {**self.metrics, "acc": acc, "test_accuracy": acc}
+        return self.metrics
 
     def log(self, logger, epoch, train=None, test=None):
         if test is None:
@@ -142,10 +142,10 @@ class BasePhase(Phase):
                           f"TS: {row['test_accuracy']:.3f} | lr: {self.lr:.2E}",
                    {k: row[k] for k in ("train_loss", "train_accuracy", "test_accuracy", "lr")}, row)
 
-    def saved_figures(self, figures: dict) -> dict:
-        return figures
+    def saved_metrics(self, metrics: dict) -> dict:
+        return metrics
 
-    def checkpoint_name(self, epoch: int, figures: dict) -> None:
+    def checkpoint_name(self, epoch: int, metrics: dict) -> None:
         return None  # last.t7 every epoch; the base itself when the run ends
 
 
@@ -180,7 +180,7 @@ def finished_base(cv_dir: Path) -> list[Path]:
         _, state = RunState.newest(cv_dir)
     except BlockDropError:
         return []
-    path = cv_dir / base_checkpoint_name(state.epoch, state.figures.get("acc", -1.0))
+    path = cv_dir / base_checkpoint_name(state.epoch, state.metrics.get("acc", -1.0))
     return [path] if state.epoch == state.end_epoch and path.is_file() else []
 
 
@@ -196,7 +196,7 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
         if resumed.epoch >= args.epochs:
             main_print(f"the run in {args.cv_dir} is complete (its last epoch, {resumed.epoch}, is done): "
                        "nothing to train")
-            return save_base(Path(args.cv_dir), procs, resumed.epoch, config, resnet, resumed.figures["acc"], False)
+            return save_base(Path(args.cv_dir), procs, resumed.epoch, config, resnet, resumed.metrics["acc"], False)
     seed_everything(args.seed)
     trainset, testset = data or get_datasets(config, args.data_dir, args.train_subset)
     trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
@@ -214,11 +214,11 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     run = Run(Path(args.cv_dir), procs, {**flags, "processes": procs.world_size}, 1, start, args.epochs)
     if resumed:
         resumed.restore_rng(procs.rank, procs.world_size)
-        phase.figures = resumed.figures
+        phase.metrics = resumed.metrics
     if lock:  # every check passed: an earlier run is set aside only now
         lock.begin()
     train_epochs(begin_run(run, phase, fresh=resumed is None), phase, trainloader)
-    return save_base(run.cv_dir, procs, args.epochs, config, resnet, phase.figures["acc"], trained=True)
+    return save_base(run.cv_dir, procs, args.epochs, config, resnet, phase.metrics["acc"], trained=True)
 
 
 def make_optimizer(args: argparse.Namespace, resnet, resumed: RunState | None, source: Path):

@@ -50,7 +50,7 @@ from experiment import (
 )
 from models import CONFIGS, build_agent, build_resnet, get_config
 from report import claims_table, comparison_panels, curve_arms, report_markdown, trade_off
-from rl import learned_blocks
+from rl import decided_blocks
 from utils.bases import choose_base, load_base
 from utils.checkpoints import load_blockdrop, policy_source
 from utils.cli import ArgumentParser, add_device_flag, finite_float, nonnegative_int, positive_int, run_cli
@@ -156,7 +156,7 @@ class Executor:
             return Outcome(note=resolved)
         argv, starts = resolved
         if run.script == "test.py":
-            return profiled(self.profile(self.out / f"{run.name}.json", run.model, argv, starts))
+            return outcome_of(self.run_test_script(self.out / f"{run.name}.json", run.model, argv, starts))
         if run.script == "easy_hard":
             return Outcome(**cached(self.out / f"{run.name}.json", {"argv": argv, **starts},
                                     lambda: easy_and_hard(self.args, run.model, argv[1], argv[3])))
@@ -165,30 +165,31 @@ class Executor:
         trained = run_training(folder, run.script, argv, {"argv": argv, **starts})
         if run.script == "pretrain.py":
             return Outcome(path=trained["path"])
-        outcome = profiled(self.profile(folder / "profile.json", run.model, ["--load", trained["checkpoint"]],
+        outcome = outcome_of(self.run_test_script(folder / "profile.json", run.model, ["--load", trained["checkpoint"]],
                                         {"checkpoint_sha256": content_sha256(trained["checkpoint"])}))
         outcome.reward, outcome.path = trained["reward"], trained["checkpoint"]
         outcome.curve = learning_curve(folder, run, get_config(run.model).num_blocks)
         return outcome
 
-    def profile(self, record: Path, model: str, flags: list[str], starts: dict) -> dict:
-        """test.py's figures (accuracy, blocks, FLOPs, unique policies), kept in ``record``."""
+    def run_test_script(self, record: Path, model: str, flags: list[str], starts: dict) -> dict:
+        """test.py's metrics (accuracy, blocks, FLOPs, unique policies), kept in ``record``."""
         argv = ["--model", model, *self.common, *flags, "--batch_size", "128", "--time_images", "0",
                 "--json", str(record.with_name(record.stem + "_test.json"))]
         return cached(record, {"argv": argv, **starts}, lambda: run_step("test.py", argv))
 
 
-def profiled(figures: dict) -> Outcome:
-    profile = Profile.of(figures)
+def outcome_of(metrics: dict) -> Outcome:
+    """A profiled model's outcome: test.py's metrics, and its blocks rounded (the heuristics' K)."""
+    profile = Profile.of(metrics)
     return Outcome(profile=profile, k=max(1, round(profile.block_usage)))
 
 
 def learning_curve(folder: Path, run: PlannedRun, num_blocks: int) -> Curve:
-    """The run's training figures by epoch, from its ``metrics.jsonl``."""
+    """The run's training metrics by epoch, from its ``metrics.jsonl``."""
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("split") == "train"]
     cl_step = int(flag_value(run.flags, "cl_step") or num_blocks)
-    handover = next(e for e in range(num_blocks + 1) if learned_blocks(e, num_blocks, cl_step) >= num_blocks)
+    handover = next(e for e in range(num_blocks + 1) if decided_blocks(e, num_blocks, cl_step) >= num_blocks)
     return Curve([r["epoch"] for r in rows], [r["reward"] for r in rows], [r["acc"] for r in rows],
                  [r["blocks"] for r in rows], handover if run.script == "cl_training.py" else 0)
 

@@ -82,7 +82,8 @@ def run_settings(args: argparse.Namespace, penalty: float, starts: dict) -> dict
             "data_dir": args.data_dir, "limit": args.limit, "profile_batch_size": args.profile_batch_size}
 
 
-def profile(args: argparse.Namespace, out: Path, load: Path | None, base: str | None) -> dict:
+def run_test_script(args: argparse.Namespace, out: Path, load: Path | None, base: str | None) -> dict:
+    """test.py run on a checkpoint (``load``) or the full ResNet of ``base``, its metrics written to ``out``."""
     argv = ["--model", args.model, "--data_dir", args.data_dir, "--json", str(out)]
     argv += ["--load", str(load)] if load else []
     argv += ["--base", base] if base else []
@@ -105,7 +106,7 @@ def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path,
     argv += ["--seed", str(args.seed)] if args.seed is not None else []
     trained = {k: v for k, v in settings.items() if k not in PROFILE_ONLY}
     last = run_training(folder, "finetune.py", argv, trained)
-    return profile(args, folder / "test.json", Path(last["checkpoint"]), None)
+    return run_test_script(args, folder / "test.json", Path(last["checkpoint"]), None)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -126,7 +127,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     full = cached(cv_dir / "full_run.json", {"model": args.model, "base_sha256": starts["base_sha256"],
                                               "data_dir": args.data_dir, "limit": args.limit,
                                               "profile_batch_size": args.profile_batch_size},
-                  lambda: profile(args, cv_dir / "full.json", None, args.base))
+                  lambda: run_test_script(args, cv_dir / "full.json", None, args.base))
     runs = []
     for penalty in args.penalties:
         folder = penalty_dir(cv_dir, penalty)

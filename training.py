@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from engine import Phase, Resumed, Run, begin_run, open_run_folder, restored_schedule, train_epochs
 from evaluation import evaluate, summarize
 from models import build_agent, build_resnet, get_config
-from rl import RLConfig, learned_blocks, train_step
+from rl import RLConfig, decided_blocks, train_step
 from utils.bases import load_base_for, load_policy_start, load_weights
 from utils.checkpoints import load_blockdrop_checkpoint, policy_source
 from utils.config import RESUMABLE, TrainConfig
@@ -30,24 +30,24 @@ from utils.runtime import amp_dtype, channels_layout, data_loaders, grad_scaler,
 # --------------------------------------------------------------------------
 # BlockDrop's phase: curriculum learning or joint finetuning
 # --------------------------------------------------------------------------
-FIGURES = ("reward", "acc", "blocks", "blocks_std", "unique")  # saved in every checkpoint, beside the networks
+SAVED_METRICS = ("reward", "acc", "blocks", "blocks_std", "unique")  # saved in every checkpoint, beside the networks
 TB_NAMES = {"acc": "accuracy", "reward": "reward", "blocks": "sparsity",
             "blocks_std": "variance", "unique": "unique_policies"}
 
 
-def _figures(stats: dict) -> str:
+def _metrics_text(stats: dict) -> str:
     return (f"A: {stats['acc']:.3f} | R: {stats['reward']:.2E} | S: {stats['blocks']:.3f} | "
             f"V: {stats['blocks_std']:.3f} | #: {stats['unique']}")
 
 
 def log_line(epoch: int, stats: dict) -> str:
     """The train line ``E: %d | A: %.3f | R: %.2E | S: %.3f | V: %.3f | #: %d`` (SPEC section 6)."""
-    return f"E: {epoch} | {_figures(stats)}"
+    return f"E: {epoch} | {_metrics_text(stats)}"
 
 
 def test_line(stats: dict) -> str:
     """The test line ``TS - A: %.3f | R: %.2E | S: %.3f | V: %.3f | #: %d``: as in the original, no epoch."""
-    return f"TS - {_figures(stats)}"
+    return f"TS - {_metrics_text(stats)}"
 
 
 class RLPhase(Phase):
@@ -69,29 +69,29 @@ class RLPhase(Phase):
                            amp=precision)
         self.scaler = grad_scaler(precision)
         self.num_blocks = nets.agent.num_blocks
-        self.learned = self.num_blocks
+        self.decided = self.num_blocks
 
     def begin_epoch(self, epoch: int) -> None:
         if epoch % self.cfg.epoch_step == 0:
             main_print(f"# setting learning_rate to {self.optimizer.param_groups[0]['lr']:.2E}")
         if not self.cfg.joint:
-            self.learned = learned_blocks(epoch, self.num_blocks, self.cfg.cl_step)
-            main_print(f"training the last {self.learned} blocks ...")
+            self.decided = decided_blocks(epoch, self.num_blocks, self.cfg.cl_step)
+            main_print(f"training the last {self.decided} blocks ...")
         self.agent.train()
         self.resnet.train(self.cfg.joint)  # curriculum: the ResNet stays in eval mode, frozen
 
-    def step(self, inputs, targets):
-        out = train_step(self.agent, self.resnet, inputs, targets, self.optimizer, self.learned, self.rl, self.scaler)
+    def train_batch(self, inputs, targets):
+        out = train_step(self.agent, self.resnet, inputs, targets, self.optimizer, self.decided, self.rl, self.scaler)
         return {"reward": out["reward"], "correct": out["correct"], "policy": out["policy"]}
 
-    def train_figures(self, rows):
+    def train_metrics(self, rows):
         return summarize(rows["correct"], rows["reward"], rows["policy"])
 
     def tested(self, epoch: int) -> bool:
         return epoch % self.cfg.test_every == 0
 
     def evaluate(self, epoch: int) -> dict:
-        return evaluate(self.agent, self.resnet, self.testloader, self.procs.device, self.learned, self.cfg.penalty,
+        return evaluate(self.agent, self.resnet, self.testloader, self.procs.device, self.decided, self.cfg.penalty,
                         procs=self.procs, amp=self.rl.amp, layout=self.layout)
 
     def log(self, logger, epoch, train=None, test=None):
@@ -101,11 +101,11 @@ class RLPhase(Phase):
                 logger.log(epoch, line, {f"{split}_{name}": stats[key] for key, name in TB_NAMES.items()},
                            {"split": split, "epoch": epoch, **stats})
 
-    def saved_figures(self, figures: dict) -> dict:
-        return {k: figures[k] for k in FIGURES if k in figures}  # none before the first epoch
+    def saved_metrics(self, metrics: dict) -> dict:
+        return {k: metrics[k] for k in SAVED_METRICS if k in metrics}  # none before the first epoch
 
-    def checkpoint_name(self, epoch: int, figures: dict) -> str:
-        return checkpoint_name(epoch, figures["acc"], figures["reward"], figures["blocks"], figures["unique"])
+    def checkpoint_name(self, epoch: int, metrics: dict) -> str:
+        return checkpoint_name(epoch, metrics["acc"], metrics["reward"], metrics["blocks"], metrics["unique"])
 
 
 # --------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def already_complete(cv_dir: Path, resumed: Resumed) -> dict:
     state = resumed.state
     main_print(f"the run in {cv_dir} is complete (its last epoch, {state.epoch}, is done): nothing to train")
     named = named_checkpoints(cv_dir, state.epoch)
-    return {**state.figures, "epoch": state.epoch, "checkpoint": str(named[0] if named else resumed.path)}
+    return {**state.metrics, "epoch": state.epoch, "checkpoint": str(named[0] if named else resumed.path)}
 
 
 def set_up(cfg: TrainConfig, resumed: Resumed | None, datasets: tuple | None,

@@ -82,7 +82,7 @@ def get_args_parser() -> ArgumentParser:
 def collect_policies(agent, resnet, dataset, device: torch.device, limit: int | None = None,
                      batch_size: int = 256, workers: int = 0) -> dict:
     """Greedy policy, prediction and correctness of each test image (in dataset order).
-    Returns CPU tensors: ``policies`` N x K (int8), ``blocks_used`` N, ``correct`` N (bool),
+    Returns CPU tensors: ``policies`` N x num_blocks (int8), ``blocks_used`` N, ``correct`` N (bool),
     ``targets`` N, ``preds`` N."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=workers)

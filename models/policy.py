@@ -1,9 +1,9 @@
 """Policy networks: look at the image once, give a keep-probability per block.
 
 The agent is a small ResNet (``features``) whose pooled feature feeds
-``logit`` (K keep-probabilities after a sigmoid) and ``vnet`` (a value head
+``logit`` (num_blocks keep-probabilities after a sigmoid) and ``vnet`` (a value head
 that the loss does not use, kept because the authors' checkpoints carry it and
-its cost is part of the reported FLOPs). A policy u in {0,1}^K says which
+its cost is part of the reported FLOPs). A policy u in {0,1}^num_blocks says which
 blocks run; the greedy policy keeps a block when its probability is >= 0.5.
 """
 
@@ -31,7 +31,7 @@ class PolicyNet(nn.Module):
         return self.logit.out_features
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (keep_prob: B x K in (0, 1), value: B x 1)."""
+        """Returns (keep_prob: B x num_blocks in (0, 1), value: B x 1)."""
         if self.input_pool > 1:
             x = F.avg_pool2d(x, self.input_pool)
         feature = self.features.forward_features(x)
@@ -43,11 +43,11 @@ def greedy_policy(keep_prob: torch.Tensor) -> torch.Tensor:
     return (keep_prob >= 0.5).to(keep_prob.dtype)
 
 
-def force_prefix(policy: torch.Tensor, learned: int) -> torch.Tensor:
-    """Set the first K - learned entries of each policy to 1 (a copy): the
+def force_prefix(policy: torch.Tensor, decided: int) -> torch.Tensor:
+    """Set the first num_blocks - decided entries of each policy to 1 (a copy): the
     curriculum's blocks that the policy does not decide yet."""
     policy = policy.clone()
-    policy[:, : policy.shape[1] - learned] = 1
+    policy[:, : policy.shape[1] - decided] = 1
     return policy
 
 

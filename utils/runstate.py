@@ -44,7 +44,7 @@ def checkpoint_name(epoch: int, acc: float, reward: float, blocks: float, unique
 
 
 def parse_checkpoint_name(name: str | Path) -> dict:
-    """Inverse of ``checkpoint_name`` (figures rounded as in the name)."""
+    """Inverse of ``checkpoint_name`` (metrics rounded as in the name)."""
     m = CKPT_PATTERN.search(Path(name).name)
     if not m:
         raise ValueError(f"{name} is not named like a BlockDrop checkpoint")
@@ -118,11 +118,11 @@ class RunState:
     first_epoch: int
     end_epoch: int
     base: dict | None = None  # the base ResNet trained from: path and SHA-256
-    figures: dict = field(default_factory=dict)  # the epoch's figures (the test's when it was tested)
+    metrics: dict = field(default_factory=dict)  # the epoch's metrics (the test's when it was tested)
 
     def to_dict(self) -> dict:
         return {
-            **self.networks, "epoch": self.epoch, **self.figures, "optimizer": self.optimizer,
+            **self.networks, "epoch": self.epoch, **self.metrics, "optimizer": self.optimizer,
             "args": {k: v for k, v in self.args.items() if _plain(v)},
             "rng": self.rng[0], "rng_processes": self.rng if len(self.rng) > 1 else None,
             "base": self.base, "first_epoch": self.first_epoch, "end_epoch": self.end_epoch,
@@ -139,7 +139,7 @@ class RunState:
         return cls(epoch=obj["epoch"], networks=networks, optimizer=obj["optimizer"], args=obj["args"],
                    rng=obj.get("rng_processes") or [obj["rng"]], first_epoch=obj.get("first_epoch", 0),
                    end_epoch=obj.get("end_epoch", obj["epoch"]), base=obj.get("base"),
-                   figures={k: v for k, v in obj.items() if k not in known})
+                   metrics={k: v for k, v in obj.items() if k not in known})
 
     def save(self, cv_dir: Path, name: str | None = None) -> Path:
         """``cv_dir/last.t7``, atomically; with ``name``, the state is written
