@@ -182,10 +182,6 @@ class Resumed:
     path: Path
     state: RunState
 
-    @property
-    def complete(self) -> bool:
-        return self.state.epoch >= self.state.end_epoch
-
     def announce(self, cv_dir: Path) -> None:
         state = self.state
         when = f"after epoch {state.epoch}" if state.epoch >= state.first_epoch else "before its first epoch"

@@ -159,7 +159,7 @@ class Continued:
     epoch: int  # its last epoch (-1: none)
     optimizer: dict | None
     base: dict | None  # the base it records
-    has_resnet: bool  # its (finetuned) ResNet was loaded
+    has_resnet: bool  # its finetuned ResNet was loaded (finetuning only)
 
 
 def build_networks(cfg: TrainConfig, resumed: Resumed | None = None) -> Networks:
@@ -181,7 +181,7 @@ def build_networks(cfg: TrainConfig, resumed: Resumed | None = None) -> Networks
     if cfg.joint and cfg.pretrained and continued is None:
         pretrained = load_blockdrop_checkpoint(Path(cfg.pretrained), config.name, agent, None)
         main_print(f"loaded pretrained model from {cfg.pretrained}")
-    if cfg.joint and continued and continued.has_resnet:
+    if continued and continued.has_resnet:
         nets.base = continued.base  # the finetuned ResNet is in the checkpoint; its base stays on record
     elif continued:
         nets.base = load_base_for(resnet, config, cfg.base, continued.base, continued.path)
@@ -218,7 +218,7 @@ def from_checkpoint(nets: Networks, cfg: TrainConfig, config) -> Continued | Non
     path = Path(cfg.load)
     ckpt = load_blockdrop_checkpoint(path, config.name, nets.agent, nets.resnet if cfg.joint else None)
     optimizer = ckpt.get("optimizer") if isinstance(ckpt.get("optimizer"), dict) else None
-    return Continued(path, int(ckpt.get("epoch", -1)), optimizer, ckpt.get("base"), ckpt["has_resnet"])
+    return Continued(path, int(ckpt.get("epoch", -1)), optimizer, ckpt.get("base"), cfg.joint and ckpt["has_resnet"])
 
 
 def make_optimizer(cfg: TrainConfig, nets: Networks) -> tuple[torch.optim.Optimizer, LambdaLR]:
