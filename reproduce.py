@@ -59,7 +59,7 @@ from utils.distributed import choose_device, is_main_process, setup, teardown
 from utils.errors import BlockDropError
 from utils.files import atomic_write_bytes, writable_folder, write_json
 from utils.flops import agent_flops, resnet_flop_table
-from utils.pipeline import cached, content_sha256, recorded_seconds, run_step, run_training
+from utils.pipeline import cached, content_sha256, recorded_seconds, run_script, run_training
 
 
 def get_args_parser() -> ArgumentParser:
@@ -175,7 +175,7 @@ class Executor:
         """test.py's metrics (accuracy, blocks, FLOPs, unique policies), kept in ``record``."""
         argv = ["--model", model, *self.common, *flags, "--batch_size", "128", "--time_images", "0",
                 "--json", str(record.with_name(record.stem + "_test.json"))]
-        return cached(record, {"argv": argv, **starts}, lambda: run_step("test.py", argv))
+        return cached(record, {"argv": argv, **starts}, lambda: run_script("test.py", argv))
 
 
 def outcome_of(metrics: dict) -> Outcome:

@@ -34,7 +34,7 @@ from utils.cli import (
 )
 from utils.errors import BlockDropError
 from utils.files import writable_folder, write_json
-from utils.pipeline import cached, content_sha256, run_step, run_training
+from utils.pipeline import cached, content_sha256, run_script, run_training
 from utils.plots import save_figure, tradeoff_figure
 
 
@@ -90,7 +90,7 @@ def run_test_script(args: argparse.Namespace, out: Path, load: Path | None, base
     argv += ["--device", args.device] if args.device else []
     argv += ["--limit", str(args.limit)] if args.limit else []
     argv += ["--batch_size", str(args.profile_batch_size)]
-    run_step("test.py", argv)
+    run_script("test.py", argv)
     return json.loads(out.read_text())
 
 

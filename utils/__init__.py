@@ -38,7 +38,7 @@ _PUBLIC = {
     ".files": ["NO_DOWNLOAD_ENV", "atomic_write_bytes", "converted_path", "downloads_allowed", "load_state_file",
                "save_checkpoint", "write_json"],
     ".flops": ["agent_flops", "module_flops", "policy_flops", "resnet_flop_table"],
-    ".pipeline": ["cached", "content_sha256", "load_script", "run_step"],
+    ".pipeline": ["cached", "content_sha256", "load_script", "run_script"],
     ".timing": ["seconds_per_image"],
 }
 _HOME = {name: module for module, names in _PUBLIC.items() for name in names}
