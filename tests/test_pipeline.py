@@ -17,7 +17,7 @@ from utils.pipeline import cached, content_sha256, load_script, run_script, run_
 SCRIPTS = {path.stem for path in ROOT.glob("*.py") if 'if __name__ == "__main__":' in path.read_text()}
 
 
-def test_run_step_prints_the_command_then_runs_the_scripts_main_on_its_flags(capsys, monkeypatch):
+def test_run_script_prints_the_command_then_runs_the_scripts_main_on_its_flags(capsys, monkeypatch):
     sweep = load_script("sweep.py")
     assert sweep is load_script("sweep")  # one module, however it is named
     monkeypatch.setattr(sweep, "main", lambda args: {"parsed": args})
@@ -26,7 +26,7 @@ def test_run_step_prints_the_command_then_runs_the_scripts_main_on_its_flags(cap
     assert result["parsed"].penalties == [-1.0, -5.0] and result["parsed"].model == "R32_Digits"
 
 
-def test_run_step_answers_a_bad_flag_as_the_command_line_does(capsys):
+def test_run_script_answers_a_bad_flag_as_the_command_line_does(capsys):
     with pytest.raises(SystemExit) as exit_:
         run_script("sweep.py", ["--model", "R32_Digits"])  # --pretrained is required
     assert exit_.value.code == 2 and "--pretrained" in capsys.readouterr().err
