@@ -188,15 +188,15 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     args.cv_dir = str(args.cv_dir or PRETRAINED_DIR / args.model)
     data = None if args.resume else get_datasets(get_config(args.model), args.data_dir, args.train_subset)  # before any file moves
     resumed, lock = open_folder(args, procs, stack)
-    resumed = resumed.state if resumed else None
+    state = resumed.state if resumed else None
     config = get_config(args.model)
-    resnet = build_resnet(config) if resumed else None
-    if resumed:
-        load_weights(resnet, resumed.networks["resnet"], Path(args.cv_dir) / LAST, f"{config.name} ResNet")
-        if resumed.epoch >= args.epochs:
-            main_print(f"the run in {args.cv_dir} is complete (its last epoch, {resumed.epoch}, is done): "
+    resnet = build_resnet(config) if state else None
+    if state:
+        load_weights(resnet, state.networks["resnet"], resumed.path, f"{config.name} ResNet")
+        if state.epoch >= args.epochs:
+            main_print(f"the run in {args.cv_dir} is complete (its last epoch, {state.epoch}, is done): "
                        "nothing to train")
-            return save_base(Path(args.cv_dir), procs, resumed.epoch, config, resnet, resumed.metrics["acc"], False)
+            return save_base(Path(args.cv_dir), procs, state.epoch, config, resnet, state.metrics["acc"], False)
     seed_everything(args.seed)
     trainset, testset = data or get_datasets(config, args.data_dir, args.train_subset)
     trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
@@ -207,21 +207,21 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     if resnet is None:
         resnet = build_resnet(config)
     resnet.to(procs.device, memory_format=layout)
-    optimizer, schedule = make_optimizer(args, resnet, resumed, Path(args.cv_dir) / LAST)
+    optimizer, schedule = make_optimizer(args, resnet, state, resumed.path if resumed else None)
     phase = BasePhase(resnet, procs, testloader, layout, amp_dtype(args.amp, procs.device), optimizer, schedule)
-    start = resumed.epoch + 1 if resumed else 1
+    start = state.epoch + 1 if state else 1
     flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     run = Run(Path(args.cv_dir), procs, {**flags, "processes": procs.world_size}, 1, start, args.epochs)
-    if resumed:
-        resumed.restore_rng(procs.rank, procs.world_size)
-        phase.metrics = resumed.metrics
+    if state:
+        state.restore_rng(procs.rank, procs.world_size)
+        phase.metrics = state.metrics
     if lock:  # every check passed: an earlier run is set aside only now
         lock.begin()
-    train_epochs(begin_run(run, phase, fresh=resumed is None), phase, trainloader)
+    train_epochs(begin_run(run, phase, fresh=state is None), phase, trainloader)
     return save_base(run.cv_dir, procs, args.epochs, config, resnet, phase.metrics["acc"], trained=True)
 
 
-def make_optimizer(args: argparse.Namespace, resnet, resumed: RunState | None, source: Path):
+def make_optimizer(args: argparse.Namespace, resnet, resumed: RunState | None, source: Path | None):
     """SGD with momentum and weight decay, its state restored when resuming, and
     the schedule of ``lr_factor`` from the epoch the run goes on at."""
     optimizer = torch.optim.SGD(resnet.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
