@@ -26,6 +26,7 @@ from models import BlockDrop, build_resnet, get_config, to_standard_keys
 from utils.bases import PRETRAINED_DIR, base_checkpoint_name, load_weights
 from utils.cli import (
     ArgumentParser,
+    add_device_data_flag,
     add_device_flag,
     add_model_flag,
     add_run_folder_flags,
@@ -39,6 +40,7 @@ from utils.cli import (
 )
 from utils.config import HARDWARE
 from utils.data import get_datasets
+from utils.device_data import check_device_data
 from utils.distributed import Processes, gather_rows, is_main_process, main_print, setup, teardown
 from utils.errors import BlockDropError
 from utils.files import save_checkpoint
@@ -78,7 +80,10 @@ def get_args_parser() -> ArgumentParser:
     add_device_flag(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (default: not seeded)")
     p.add_argument("--workers", type=nonnegative_int, default=4, help="data loader workers")
+    p.add_argument("--test_every", type=positive_int, default=1,
+                   help="evaluate on the test set every N epochs, and always at the last (default: every epoch)")
     add_throughput_flags(p)
+    add_device_data_flag(p)
     add_run_folder_flags(p, resumable="--epochs (a larger value extends the run), --workers, --device, --amp and "
                                       "--memory_format")
     return p
@@ -96,10 +101,12 @@ def lr_factor(args: argparse.Namespace, epoch: int) -> float:
 
 class BasePhase(Phase):
     """Supervised training of the base ResNet: SGD on the cross-entropy, the
-    test accuracy after every epoch, one log line per epoch."""
+    test accuracy every ``test_every`` epochs and at the last, one log line per epoch."""
 
-    def __init__(self, resnet, procs: Processes, testloader, layout, precision, optimizer, schedule):
+    def __init__(self, resnet, procs: Processes, testloader, layout, precision, optimizer, schedule,
+                 test_every: int = 1, last_epoch: int = 0):
         self.models, self.procs, self.testloader, self.layout = {"resnet": resnet}, procs, testloader, layout
+        self.test_every, self.last_epoch = test_every, last_epoch
         self.optimizer, self.schedule = optimizer, schedule
         self.model = parallelize(procs, False, [resnet])[0]
         self.precision, self.scaler = precision, grad_scaler(precision)
@@ -125,7 +132,7 @@ class BasePhase(Phase):
         return self.metrics
 
     def tested(self, epoch: int) -> bool:
-        return True
+        return epoch % self.test_every == 0
 
     def evaluate(self, epoch: int) -> dict:
         tested = predict(BlockDrop(None, self.models["resnet"]), self.testloader, self.procs.device,
@@ -135,12 +142,13 @@ class BasePhase(Phase):
         return self.metrics
 
     def log(self, logger, epoch, train=None, test=None):
-        if test is None:
-            return  # one line per epoch, once the test accuracy is known
-        row = {"epoch": epoch, "lr": self.lr, **{k: v for k, v in test.items() if k != "acc"}}
+        if test is None and (self.tested(epoch) or epoch == self.last_epoch):
+            return  # one line per epoch, with the test accuracy when it is measured
+        row = {"epoch": epoch, "lr": self.lr, **{k: v for k, v in (test or train).items() if k != "acc"}}
+        tested = f"TS: {row['test_accuracy']:.3f} | " if test else ""
         logger.log(epoch, f"E: {epoch} | L: {row['train_loss']:.4f} | A: {row['train_accuracy']:.3f} | "
-                          f"TS: {row['test_accuracy']:.3f} | lr: {self.lr:.2E}",
-                   {k: row[k] for k in ("train_loss", "train_accuracy", "test_accuracy", "lr")}, row)
+                          f"{tested}lr: {self.lr:.2E}",
+                   {k: row[k] for k in ("train_loss", "train_accuracy", "test_accuracy", "lr") if k in row}, row)
 
     def saved_metrics(self, metrics: dict) -> dict:
         return metrics
@@ -186,7 +194,9 @@ def finished_base(cv_dir: Path) -> list[Path]:
 
 def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> Path:
     args.cv_dir = str(args.cv_dir or PRETRAINED_DIR / args.model)
-    data = None if args.resume else get_datasets(get_config(args.model), args.data_dir, args.train_subset)  # before any file moves
+    data = None if args.resume else get_datasets(get_config(args.model), args.data_dir, args.train_subset)
+    if data and args.device_data:  # checked before any file moves
+        check_device_data(*data)
     resumed, lock = open_folder(args, procs, stack)
     state = resumed.state if resumed else None
     config = get_config(args.model)
@@ -200,7 +210,7 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     seed_everything(args.seed)
     trainset, testset = data or get_datasets(config, args.data_dir, args.train_subset)
     trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
-                                           test_batch_size=256)
+                                           test_batch_size=256, device_data=args.device_data)
     layout = channels_layout(args.memory_format, procs.device)
     if procs.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -208,7 +218,8 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
         resnet = build_resnet(config)
     resnet.to(procs.device, memory_format=layout)
     optimizer, schedule = make_optimizer(args, resnet, state, resumed.path if resumed else None)
-    phase = BasePhase(resnet, procs, testloader, layout, amp_dtype(args.amp, procs.device), optimizer, schedule)
+    phase = BasePhase(resnet, procs, testloader, layout, amp_dtype(args.amp, procs.device), optimizer, schedule,
+                      args.test_every, args.epochs)
     start = state.epoch + 1 if state else 1
     flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     run = Run(Path(args.cv_dir), procs, {**flags, "processes": procs.world_size}, 1, start, args.epochs)

@@ -22,6 +22,7 @@ from utils.bases import load_base_for, load_policy_start, load_weights
 from utils.checkpoints import load_blockdrop_checkpoint, policy_source
 from utils.config import RESUMABLE, TrainConfig
 from utils.data import get_datasets
+from utils.device_data import check_device_data
 from utils.distributed import Processes, main_print, setup, teardown
 from utils.errors import BlockDropError
 from utils.runstate import FolderLock, checkpoint_name, named_checkpoints
@@ -249,6 +250,8 @@ def fit(cfg: TrainConfig, datasets: tuple | None = None) -> dict:
             if not cfg.resume:  # the flags and data checked before the folder is touched
                 check_flags(cfg)
                 datasets = datasets or get_datasets(get_config(cfg.model), cfg.data_dir, cfg.train_subset)
+                if cfg.device_data:
+                    check_device_data(*datasets)
             cfg, resumed, lock = open_folder(cfg, procs, stack)
             if resumed and resumed.state.epoch >= resumed.state.first_epoch + cfg.max_epochs:
                 return already_complete(Path(cfg.cv_dir), resumed)
@@ -283,7 +286,8 @@ def set_up(cfg: TrainConfig, resumed: Resumed | None, datasets: tuple | None,
     if procs.distributed and cfg.seed is not None:
         torch.manual_seed(cfg.seed + procs.rank)  # the same networks, then each process its own samples
     trainset, testset = datasets or get_datasets(get_config(cfg.model), cfg.data_dir, cfg.train_subset)
-    trainloader, testloader = data_loaders(trainset, testset, procs, cfg.batch_size, cfg.workers, cfg.seed)
+    trainloader, testloader = data_loaders(trainset, testset, procs, cfg.batch_size, cfg.workers, cfg.seed,
+                                           device_data=cfg.device_data)
     layout = channels_layout(cfg.memory_format, device)
     nets.agent.to(device, memory_format=layout)
     nets.resnet.to(device, memory_format=layout)

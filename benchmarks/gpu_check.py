@@ -17,8 +17,9 @@
 - two processes under torchrun (NCCL where two GPUs are visible, gloo on CUDA
   tensors otherwise): after two finetuning steps their parameters are equal;
 - time ratios of per-image execution and of the masked form to the full
-  network, as ``benchmarks/speed.py`` measures them, and images per second of
-  training steps;
+  network, as ``benchmarks/speed.py`` measures them, images per second of
+  training steps, and of a pretraining epoch through the DataLoader against
+  ``--device_data`` (the data set held on the GPU, augmented there);
 - ``torch.compile`` of the full network and of the per-image forward, where it
   works (in a child process with a time limit; ``--no_compile`` skips it).
 
@@ -60,7 +61,7 @@ from gpu_check_numerics import (
     tolerance_explained,
     torchrun_check,
 )
-from gpu_check_speed import COMPILED, compile_speed, inference_speed, step_speed
+from gpu_check_speed import COMPILED, compile_speed, data_path_speed, inference_speed, step_speed
 from models import CONFIGS
 from utils.cli import ArgumentParser
 from utils.distributed import choose_device
@@ -147,7 +148,8 @@ def plan(quick: bool) -> dict:
         return {"forward_batch": {"cifar": 4, "imagenet": 2}, "forward_models": QUICK_FORWARD, "step_models": [("R32_C10", 4)],
                 "amp": [("R32_C10", 16, 10)], "curriculum": ("R32_C10", 16, 10), "workers": 1,
                 "speed": [("R32_C10", 1, 4), ("R32_C10", 16, 16), ("R110_C10", 1, 2), ("R101_ImgNet", 1, 1)],
-                "step_speed": [("R32_C10", 16)], "repeats": 1, "compile": ("R32_C10", 16)}
+                "step_speed": [("R32_C10", 16)], "repeats": 1, "compile": ("R32_C10", 16),
+                "data_path": ("R8_Fashion", 128, 64, 1)}
     return {"forward_batch": {"cifar": 8, "imagenet": 4}, "forward_models": list(CONFIGS),
             "step_models": [("R32_C10", 8), ("R110_C10", 8), ("R101_ImgNet", 4)],
             "amp": [("R32_C10", 64, 20), ("R101_ImgNet", 16, 20)], "curriculum": ("R32_C10", 64, 20), "workers": 2,
@@ -155,7 +157,7 @@ def plan(quick: bool) -> dict:
                       for name, batches in (("R110_C10", (1, 64, 256)), ("R32_C10", (1, 64, 256)),
                                             ("R101_ImgNet", (1, 16, 64))) for batch in batches],
             "step_speed": [("R32_C10", 256), ("R110_C10", 256), ("R101_ImgNet", 64)], "repeats": 5,
-            "compile": ("R32_C10", 64)}
+            "compile": ("R32_C10", 64), "data_path": ("R32_Fashion", 16384, 256, 4)}
 
 
 def run_sections(report: Report, args: argparse.Namespace, device: torch.device, sizes: dict) -> None:
@@ -211,6 +213,9 @@ def speed_section(report: Report, device: torch.device, sizes: dict, dtype) -> N
         for name, batch in sizes["step_speed"]:
             report.check("speed, training", f"{name}, batch {batch}, {precision_name(precision)}",
                          lambda n=name, b=batch, p=precision: step_speed(n, b, p, repeats, device, layout))
+    name, images, batch, workers = sizes["data_path"]
+    report.check("speed, data path", f"{name} pretraining epoch, {images:,} images, batch {batch}",
+                 lambda: data_path_speed(name, images, batch, repeats, device, layout, workers))
 
 
 def compile_section(report: Report, args: argparse.Namespace, device: torch.device, sizes: dict) -> None:

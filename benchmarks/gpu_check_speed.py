@@ -1,7 +1,8 @@
 """The timings of ``gpu_check.py``, measured as ``benchmarks/speed.py`` measures
 them (its functions, on the device and layout given): per-image execution and
 the masked form against the full network, images per second of training
-steps, and ``torch.compile`` against eager execution."""
+steps and of a pretraining epoch on each data path (the DataLoader against
+``--device_data``), and ``torch.compile`` against eager execution."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import replace
 import torch
 
 import speed
+import speed_data
 from gpu_check_numerics import Outcome, calibrate, first_line, precision_name, random_images
 from models import build_resnet, get_config
 from utils.timing import seconds_per_image, synchronize
@@ -59,6 +61,17 @@ def step_speed(name: str, batch: int, dtype: torch.dtype | None, repeats: int, d
     return [(f"{name} {phase} step, batch {batch}, {keep:.0%} kept, {precision_name(dtype)}",
              Outcome(f"{batch / min(step.seconds):,.0f} images/s ({1000 * min(step.seconds):.1f} ms per step)"))
             for phase, step in steps.items()]
+
+
+def data_path_speed(name: str, images: int, batch: int, repeats: int, device: torch.device, layout,
+                    workers: int) -> list[tuple[str, Outcome]]:
+    """Images per second of a pretraining epoch through the DataLoader (with
+    ``workers`` workers, pinned and persistent on CUDA, and with none) and with
+    ``--device_data`` (the data set on the device, augmented there)."""
+    rows = speed_data.data_path_rows(name, images, batch, repeats, device, layout, workers, phases=("pretraining",))
+    return [(f"{name} pretraining epoch, {images:,} images, batch {batch}, {row['path']}",
+             Outcome(f"{row['images_per_s']:,.0f} images/s (**{row['ratio']:.2f}** × the DataLoader's with workers)"))
+            for row in rows]
 
 
 # torch.compile's forms: options, and the execution mode (None: every block)

@@ -17,7 +17,7 @@ from models import CONFIGS
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 SECTIONS = ["{pair}: forward", "{pair}: training step", "training, --amp, channels-last", "data loader", "torchrun",
-            "speed, eval, float32", "speed, training", "torch.compile"]
+            "speed, eval, float32", "speed, training", "speed, data path", "torch.compile"]
 
 
 def run_check(tmp_path, *flags: str, timeout: int, **env: str) -> tuple[subprocess.CompletedProcess, str]:
@@ -68,6 +68,9 @@ def test_the_quick_cpu_check_runs_every_section_and_passes(quick_cpu):
     speed = [row for row in rows if row[0] == "speed, eval, float32"]
     assert {row[1].split(",")[0] for row in speed} == {"R32_C10", "R110_C10", "R101_ImgNet"}
     assert all(re.search(r"per-image \*\*\d+\.\d\d\*\*, masked \d+\.\d\d", row[2]) for row in speed)
+    paths = [row for row in rows if row[0] == "speed, data path"]
+    assert [row[1].split(", ")[-1] for row in paths] == ["1 worker", "0 workers", "--device_data"]
+    assert all(re.search(r"images/s \(\*\*\d+\.\d\d\*\*", row[2]) for row in paths)
     assert rows[-1][1:] == ["R32_C10, batch 16", "skipped: --quick (--compile runs it)", "—", "skipped"]
 
 

@@ -57,11 +57,12 @@ def batches(tmp_path_factory):
     return cifar_folder(tmp_path_factory.mktemp("copied"), n_train=8, n_test=8, seed=3)
 
 
+@pytest.mark.parametrize("data", [[], ["--device_data"]], ids=["loader", "device_data"])
 @pytest.mark.parametrize("script", [cl_training, finetune], ids=["cl_training", "finetune"])
-def test_a_copied_run_resumes_in_its_new_folder_and_ends_as_the_uninterrupted_run(batches, script):
-    name, folder = script.__name__, batches
+def test_a_copied_run_resumes_in_its_new_folder_and_ends_as_the_uninterrupted_run(batches, script, data):
+    name, folder = script.__name__ + "".join(data), batches
     ran(tiny(folder, script, "--max_epochs", "2", "--test_every", "1", "--batch_size", "8",
-             "--cv_dir", f"cv/{name}_whole"))
+             "--cv_dir", f"cv/{name}_whole", *data))
     whole, copy = folder / "cv" / f"{name}_whole", folder / "elsewhere" / f"{name}_copy"
     shutil.copytree(whole, copy)
     next(copy.glob("ckpt_E_2_*.t7")).unlink()  # the newest checkpoint lost, last.t7 cut: a run killed in epoch 2
@@ -73,6 +74,7 @@ def test_a_copied_run_resumes_in_its_new_folder_and_ends_as_the_uninterrupted_ru
     assert outside(folder, copy) == before  # the original folder untouched, byte for byte
     a, b = (torch.load(f / "last.t7", weights_only=True) for f in (whole, copy))
     assert b["epoch"] == 2 and b["args"]["cv_dir"] == str(copy)
+    assert b["args"]["device_data"] is bool(data)
     for part in ("agent", "resnet") if script is finetune else ("agent",):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     assert len(list(copy.glob("ckpt_E_2_*.t7"))) == 1 and f"cv_dir: {copy}\n" in (copy / "args.txt").read_text()

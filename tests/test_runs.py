@@ -236,3 +236,14 @@ def test_finetuning_with_per_image_runs_each_block_on_the_images_that_keep_it(tm
             assert calls[t][-1] == n, (t, calls[t], n)
     result, _ = _tiny_run(tmp_path, "--per_image", "--max_epochs", "0", "--seed", "0", joint=True)
     assert "per_image: True\n" in (tmp_path / "cv" / "args.txt").read_text() and result["checkpoint"]
+
+
+def test_pretrain_tests_every_n_epochs_and_always_at_the_last(tmp_path):
+    data = tmp_path / "data"
+    write_cifar10(data, n_train=4, n_test=6)
+    out = run_script("pretrain.py", "--model", "R20_C10", "--data_dir", str(data), "--workers", "0", "--device", "cpu",
+                     "--batch_size", "8", "--epochs", "3", "--test_every", "2", "--cv_dir", "base", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("E: ")]
+    assert [("TS: " in ln) for ln in lines] == [False, True, True]  # epoch 1 untested, 2 due, 3 the last
+    assert len(list((tmp_path / "base").glob("pk_E_3_A_*.t7"))) == 1

@@ -125,6 +125,7 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
                    help="pretrained base ResNet (default: the one a --load or --pretrained checkpoint records, "
                         "else the configuration's file under cv/pretrained/ in the working directory)")
     add_throughput_flags(p)
+    add_device_data_flag(p)
     add_run_folder_flags(p, resumable="--max_epochs (counted from the run's first epoch), --workers, --device, "
                                       "--parallel, --amp and --memory_format")
 
@@ -166,6 +167,16 @@ def add_throughput_flags(parser: argparse.ArgumentParser) -> None:
                              "log-likelihoods stay float32. A run with --amp draws other numbers than a float32 run")
     parser.add_argument("--memory_format", choices=["auto", "channels_last", "contiguous"], default="auto",
                         help="the networks' memory format; auto: channels-last on CUDA, contiguous on the CPU")
+
+
+def add_device_data_flag(parser: argparse.ArgumentParser) -> None:
+    """``--device_data``: the data set on the training device (``utils.device_data``)."""
+    parser.add_argument("--device_data", action="store_true",
+                        help="hold the data set on the training device as one uint8 tensor and shuffle, crop, flip "
+                             "and normalise whole batches there: no DataLoader, no workers (not for ImageNet's "
+                             "image folders). It draws other random numbers than the original's DataLoader path, "
+                             "so a seeded run no longer follows the original's; it cannot change when a run is "
+                             "resumed")
 
 
 # --------------------------------------------------------------------------

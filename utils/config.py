@@ -58,6 +58,7 @@ class TrainConfig:
     k: int | None = None  # finetuning only: the blocks a fixed policy keeps
     amp: bool = False  # mixed precision on CUDA
     memory_format: str = "auto"  # auto (channels-last on CUDA), channels_last or contiguous
+    device_data: bool = False  # the data set on the device, augmented there (other random numbers: not resumable)
     resume: bool = False  # continue the run in cv_dir from its newest complete state
     restart: bool = False  # start a new run in a cv_dir that holds one, setting the earlier one aside
     given: frozenset = frozenset()  # the flags given on the command line

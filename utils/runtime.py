@@ -91,13 +91,19 @@ def cuda_devices(device: torch.device) -> list[int]:
 # data loaders
 # --------------------------------------------------------------------------
 def data_loaders(trainset, testset, procs: Processes, batch_size: int, workers: int, seed: int | None,
-                 test_batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
+                 test_batch_size: int | None = None, device_data: bool = False) -> tuple[DataLoader, DataLoader]:
     """Batches of (images, targets, the images' indices). One process shuffles
     as the original does; under torchrun a DistributedSampler gives each process
     its share of a shuffle seeded by ``--seed`` and the epoch (``set_epoch``),
     and the test set is dealt out image by image, with no image repeated.
     ``batch_size`` is per process. On CUDA the batches are pinned and the
-    workers persist across epochs."""
+    workers persist across epochs. ``device_data`` (``--device_data``): the
+    data sets held on the device, shuffled and augmented there in whole
+    batches (``utils.device_data``), with the same batches' sizes and shares."""
+    if device_data:
+        from .device_data import device_loaders  # the transforms: not needed by the method's step
+
+        return device_loaders(trainset, testset, procs, batch_size, seed, test_batch_size)
     from .data import WithIndex  # the data sets' module, which the method's step does not need
 
     trainset, testset = WithIndex(trainset), WithIndex(testset)
@@ -114,9 +120,11 @@ def data_loaders(trainset, testset, procs: Processes, batch_size: int, workers: 
             DataLoader(share, batch_size=test_batch_size, shuffle=False, **extra))
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """A distributed sampler shuffles by ``--seed`` and the epoch."""
-    if isinstance(loader.sampler, DistributedSampler):
+def set_epoch(loader, epoch: int) -> None:
+    """A distributed sampler (and ``--device_data``'s loader under torchrun) shuffles by ``--seed`` and the epoch."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    elif isinstance(getattr(loader, "sampler", None), DistributedSampler):
         loader.sampler.set_epoch(epoch)
 
 
