@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models import ResNet18_Weights, resnet18
 
 from .resnet import BasicBlock, FlatResNet
 
@@ -66,8 +65,13 @@ def cifar_policy(num_blocks: int) -> PolicyNet:
     return PolicyNet(_features_without_fc(BasicBlock, [1, 1, 1], 10, style="cifar"), num_blocks)
 
 
-# The ImageNet policy network's stages start from these weights (see utils.bases.load_policy_start).
-RESNET18_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
+def resnet18_weights():
+    """torchvision's ResNet-18 ImageNet weights, from which the ImageNet policy
+    network's stages start (see utils.bases.load_policy_start); torchvision is
+    imported here, where the ImageNet policy needs it, and not by the registry."""
+    from torchvision.models import ResNet18_Weights
+
+    return ResNet18_Weights.IMAGENET1K_V1
 
 
 def imagenet_policy(num_blocks: int) -> PolicyNet:
@@ -79,5 +83,7 @@ def imagenet_policy(num_blocks: int) -> PolicyNet:
     draws the same random numbers. The weights themselves are loaded by
     ``utils.bases.load_policy_start``."""
     features = _features_without_fc(BasicBlock, [1, 1, 1, 1], 1000, style="imagenet", pool_size=4)
+    from torchvision.models import resnet18
+
     resnet18()  # for the random stream only
     return PolicyNet(features, num_blocks, input_pool=2)
