@@ -9,13 +9,14 @@ e + 1 blocks and the ones before are kept.
 from __future__ import annotations
 
 from training import fit
-from utils.cli import ArgumentParser, add_training_flags, run_cli
-from utils.config import TrainConfig
+from utils.cli import ArgumentParser, add_curriculum_flags, add_training_flags, run_cli
+from utils.config import PHASE_DEFAULTS, TrainConfig
 
 
 def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="cl_training.py", description="BlockDrop curriculum learning")
-    add_training_flags(p, lr=1e-3, epoch_step=10000, max_epochs=10000, penalty=-1)
+    add_training_flags(p, **PHASE_DEFAULTS[False])
+    add_curriculum_flags(p)
     return p
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from utils.cli import ArgumentParser, BlockDropError, run_cli
+from utils.cli import ArgumentParser, run_cli
+from utils.errors import BlockDropError
 from utils.files import converted_path, load_state_file, save_checkpoint
 
 

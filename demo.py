@@ -26,8 +26,8 @@ from utils.cli import (
     positive_int,
     run_cli,
 )
-from utils.files import writable_folder, write_json
-from utils.pipeline import run_step
+from utils.files import set_aside, writable_folder, write_json
+from utils.pipeline import run_script
 
 # The settings of the demo: the digits plan of the reproduction (the base's
 # recipe, finetuning's learning rate, batch and penalties: experiment.PLANS),
@@ -95,16 +95,12 @@ def table(full: dict, ours: dict, penalty: float) -> str:
     return "\n".join(lines)
 
 
-def set_aside(out: Path) -> Path:
-    """Rename an earlier run's folder to ``<out>-<its time>`` so a new run never
-    mixes with it and nothing of it is lost."""
+def set_aside_results(out: Path) -> Path:
+    """Move an earlier run's results to ``<out>-<its time>/`` so a new run never
+    mixes with them and nothing of them is lost."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(out.stat().st_mtime))
-    kept = out.with_name(f"{out.name}-{stamp}")
-    n = 1
-    while kept.exists():
-        n += 1
-        kept = out.with_name(f"{out.name}-{stamp}-{n}")
-    out.rename(kept)
+    kept = set_aside(sorted(out.iterdir()), out.with_name(f"{out.name}-{stamp}"))
+    out.rmdir()
     return kept
 
 
@@ -113,23 +109,23 @@ def main(args: argparse.Namespace) -> dict:
     writable_folder(out.parent, "--out")
     started = time.time()
     if out.is_dir() and any(out.iterdir()):
-        kept = set_aside(out)
+        kept = set_aside_results(out)
         print(f"note: the earlier results in {out}/ were moved to {kept}/ (the demo starts afresh)")
     common = ["--model", args.model, "--data_dir", args.data_dir, "--workers", str(args.workers)]
     common += ["--device", args.device] if args.device else []
     seed = ["--seed", str(args.seed)]
     limit = ["--limit", str(args.limit)] if args.limit else []
 
-    base = run_step("pretrain.py", common + seed + [
+    base = run_script("pretrain.py", common + seed + [
         "--epochs", str(args.base_epochs), "--milestones", *map(str, args.base_milestones),
         "--batch_size", str(args.base_batch_size), "--cv_dir", str(out / "pretrained")])
 
-    cl = run_step("cl_training.py", common + seed + [
+    cl = run_script("cl_training.py", common + seed + [
         "--base", str(base), "--cv_dir", str(out / "cl"), "--lr", str(args.cl_lr),
         "--penalty", str(args.cl_penalty), "--batch_size", str(args.batch_size), "--cl_step", str(args.cl_step),
         "--max_epochs", str(args.cl_epochs), "--test_every", str(max(1, args.cl_epochs))])
 
-    result = run_step("sweep.py", [  # in the order of sweep.py's flags
+    result = run_script("sweep.py", [  # in the order of sweep.py's flags
         "--model", args.model, "--pretrained", cl["checkpoint"],
         "--penalties", *map(str, [args.penalty, *args.sweep_penalties]), "--cv_dir", str(out / "sweep"),
         "--data_dir", args.data_dir, "--base", str(base), "--max_epochs", str(args.ft_epochs),
@@ -139,7 +135,7 @@ def main(args: argparse.Namespace) -> dict:
     full, ours = result["full"], result["runs"][0]
 
     figures = out / "figures"
-    vis = run_step("visualize.py", common + limit + [
+    vis = run_script("visualize.py", common + limit + [
         "--load", ours["checkpoint"], "--out", str(figures),
         "--sweep", str(out / "sweep" / "sweep.json"), "--log_dir", str(out / "log")])
 

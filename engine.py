@@ -1,44 +1,45 @@
-"""The training engine: one epoch, prediction and evaluation, and the one
-training loop that every run goes through (``pretrain.py``, ``cl_training.py``,
-``finetune.py``): each epoch trains, logs, evaluates when due, and saves the
-run's state. What differs between them is a *phase* (``Phase``): its networks,
-optimizer, step, figures and log lines. BlockDrop's own phase, curriculum
-learning or joint finetuning, is in ``training.py``; the method's math in ``rl.py``.
+"""The training engine: one epoch, and the one training loop that every run
+goes through (``pretrain.py``, ``cl_training.py``, ``finetune.py``): each epoch
+trains, logs, evaluates when due, and saves the run's state, from which a run
+goes on (``--resume``). What differs between them is a *phase* (``Phase``): its
+networks, optimizer, batch step, metrics and log lines. The engine knows no network
+and no method: BlockDrop's phase, curriculum learning or joint finetuning, is in
+``training.py``, its metrics in ``evaluation.py``, the method's math in ``rl.py``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR
 
-from models import BlockDrop
-from rl import reward
-from utils.checkpoints import unwrap
-from utils.cli import NonFinite, progress
-from utils.distributed import Processes, gather_objects, gather_rows
+from utils.distributed import Processes, gather_objects, gather_rows, is_main_process, main_first, main_print
+from utils.errors import BlockDropError, NonFinite
 from utils.files import save_args
 from utils.logger import RunLogger
-from utils.runstate import LAST, RunState, rng_state
-from utils.runtime import autocast, cuda_devices, first_of_each, set_epoch, to_device
+from utils.runstate import LAST, FolderLock, RunState, prepare_run_folder, rng_state
+from utils.runtime import cuda_devices, first_of_each, progress, set_epoch, to_device, unwrap
 
 
 # --------------------------------------------------------------------------
-# one epoch, and its figures
+# one epoch
 # --------------------------------------------------------------------------
-def train_one_epoch(step, loader, device: torch.device, layout=torch.contiguous_format,
+def train_one_epoch(train_batch, loader, device: torch.device, layout=torch.contiguous_format,
                     desc: str = "train") -> dict[str, torch.Tensor]:
     """One pass over ``loader`` (batches of images, targets and the images'
-    indices); ``step(inputs, targets)`` trains on a batch and returns per-image
+    indices); ``train_batch(inputs, targets)`` trains on a batch and returns per-image
     rows. Returns this process's rows and the images' ``index``, in the order trained."""
     rows = defaultdict(list)
     for batch, (inputs, targets, index) in enumerate(progress(loader, desc)):
         inputs, targets = to_device(inputs, device, layout), targets.to(device, non_blocking=True)
         try:
-            out = step(inputs, targets)
+            out = train_batch(inputs, targets)
         except NonFinite as exc:
             raise NonFinite(f"{desc}, batch {batch}: {exc}") from exc
         rows["index"].append(index)
@@ -56,61 +57,6 @@ def each_image_once(procs: Processes, rows: dict[str, torch.Tensor]) -> dict[str
     gathered = dict(zip(names, gather_rows(procs, *(rows[k] for k in names))))
     keep = first_of_each(gathered["index"])
     return {k: v[keep] for k, v in gathered.items()}
-
-
-def policy_stats(policies: torch.Tensor) -> dict:
-    """Mean and sample std (n - 1) of blocks used per image, and the number of
-    distinct policies. In float32, as the original computes them, so that the
-    printed figures agree to the last digit (one image has no spread: 0)."""
-    used = policies.float().sum(1)
-    std = used.std().item() if len(used) > 1 else 0.0
-    unique = len(torch.unique(policies.to(torch.int8), dim=0)) if len(policies) else 0
-    return {"blocks": used.mean().item(), "blocks_std": std, "unique": unique}
-
-
-def summarize(correct: torch.Tensor, rewards: torch.Tensor, policies: torch.Tensor) -> dict:
-    return {"acc": correct.mean().item(), "reward": rewards.mean().item(), **policy_stats(policies),
-            "images": len(policies)}
-
-
-# --------------------------------------------------------------------------
-# prediction: the one evaluation loop
-# --------------------------------------------------------------------------
-@torch.no_grad()
-def predict(model: BlockDrop, loader, device: torch.device, learned: int | None = None,
-            desc: str = "test", amp: torch.dtype | None = None, layout=torch.contiguous_format) -> dict:
-    """The greedy policy and the prediction of every image of ``loader``, in
-    order, in eval mode. Returns CPU tensors: ``policies`` N x K (0/1 floats),
-    ``preds`` N, ``targets`` N, ``correct`` N (bool), and ``index`` N when the
-    loader gives the images' indices."""
-    model.eval()
-    policies, preds, targets, indices = [], [], [], []
-    for inputs, target, *index in progress(loader, desc):
-        with autocast(device, amp):
-            logits, policy = model(to_device(inputs, device, layout), learned)
-        policies.append(policy.float().cpu())
-        preds.append(logits.argmax(1).cpu())
-        targets.append(target)
-        indices += index
-    policies, preds, targets = torch.cat(policies), torch.cat(preds), torch.cat(targets)
-    out = {"policies": policies, "preds": preds, "targets": targets, "correct": preds == targets}
-    return {**out, "index": torch.cat(indices)} if indices else out
-
-
-def evaluate(agent: nn.Module, resnet: nn.Module, loader, device: torch.device, learned: int, penalty: float,
-             desc: str = "test", procs: Processes | None = None, amp: torch.dtype | None = None,
-             layout=torch.contiguous_format) -> dict:
-    """Greedy policy (with the curriculum's forced-on prefix) on the test set:
-    accuracy, mean reward, blocks used and unique policies. Under torchrun each
-    process evaluates its share and the figures are those of all the images, in
-    the data set's order: the same as one process's."""
-    procs = procs or Processes(device=device)
-    out = predict(BlockDrop(agent, resnet), loader, device, learned, desc, amp, layout)
-    index, policies, preds, targets = gather_rows(procs, out["index"], out["policies"], out["preds"], out["targets"])
-    order = index.argsort()
-    policies, preds, targets = policies[order], preds[order], targets[order]
-    rewards, correct = reward(preds, targets, policies, penalty)
-    return summarize(correct, rewards, policies)
 
 
 # --------------------------------------------------------------------------
@@ -140,26 +86,26 @@ class Phase:
     layout: torch.memory_format = torch.contiguous_format  # of the batches (channels-last on CUDA)
 
     def begin_epoch(self, epoch: int) -> None: ...
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]: ...
-    def train_figures(self, rows: dict[str, torch.Tensor]) -> dict: ...
+    def train_batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def train_metrics(self, rows: dict[str, torch.Tensor]) -> dict: ...
     def tested(self, epoch: int) -> bool: ...
     def evaluate(self, epoch: int) -> dict: ...
     def log(self, logger: RunLogger, epoch: int, train: dict | None = None, test: dict | None = None) -> None: ...
-    def saved_figures(self, figures: dict) -> dict: ...
-    def checkpoint_name(self, epoch: int, figures: dict) -> str | None: ...
+    def saved_metrics(self, metrics: dict) -> dict: ...
+    def checkpoint_name(self, epoch: int, metrics: dict) -> str | None: ...
 
 
 def train_epochs(run: Run, phase: Phase, loader) -> dict:
     """Epochs ``run.start_epoch`` to ``run.end_epoch``: train, log, check the
     weights, evaluate when due (and always at the last epoch), save the state.
-    Returns the last saved checkpoint's figures and path (``checkpoint``)."""
+    Returns the last saved checkpoint's metrics and path (``checkpoint``)."""
     last = {"checkpoint": None}
     try:
         for epoch in range(run.start_epoch, run.end_epoch + 1):
             phase.begin_epoch(epoch)
             set_epoch(loader, epoch)
-            rows = train_one_epoch(phase.step, loader, run.procs.device, phase.layout, desc=f"epoch {epoch}")
-            train = phase.train_figures(each_image_once(run.procs, rows))
+            rows = train_one_epoch(phase.train_batch, loader, run.procs.device, phase.layout, desc=f"epoch {epoch}")
+            train = phase.train_metrics(each_image_once(run.procs, rows))
             if run.logger:
                 phase.log(run.logger, epoch, train=train)
             check_finite(epoch, phase.models)
@@ -185,7 +131,7 @@ def begin_run(run: Run, phase: Phase, fresh: bool) -> Run:
     records the arguments and opens the log."""
     if fresh:
         save_state(run, phase, run.start_epoch - 1, {}, tested=False)
-    if run.procs.is_main:
+    if is_main_process():
         save_args(run.args, run.cv_dir)
         run.logger = RunLogger(run.cv_dir, run.start_epoch)
     return run
@@ -200,7 +146,7 @@ def check_finite(epoch: int, models: dict[str, nn.Module]) -> None:
 
 
 def evaluate_if_due(run: Run, phase: Phase, epoch: int) -> dict | None:
-    """The test figures at a scheduled epoch, and at the last one, whose
+    """The test metrics at a scheduled epoch, and at the last one, whose
     evaluation (an addition to the original's schedule) draws from a forked
     random stream, so that nothing after it changes."""
     if phase.tested(epoch):
@@ -211,16 +157,66 @@ def evaluate_if_due(run: Run, phase: Phase, epoch: int) -> dict | None:
     return None
 
 
-def save_state(run: Run, phase: Phase, epoch: int, figures: dict, tested: bool) -> dict | None:
+def save_state(run: Run, phase: Phase, epoch: int, metrics: dict, tested: bool) -> dict | None:
     """The run's state after ``epoch`` as ``last.t7`` (the main process writes;
     every process gives its random generators); at a tested epoch also as the
-    phase's named checkpoint, whose figures and path are returned."""
+    phase's named checkpoint, whose metrics and path are returned."""
     rng = gather_objects(run.procs, rng_state())
-    if not run.procs.is_main:
+    if not is_main_process():
         return None
     state = RunState(epoch=epoch, networks={k: unwrap(m).state_dict() for k, m in phase.models.items()},
                      optimizer=phase.optimizer.state_dict(), args=run.args, rng=rng, first_epoch=run.first_epoch,
-                     end_epoch=run.end_epoch, base=run.base, figures=phase.saved_figures(figures))
-    name = phase.checkpoint_name(epoch, figures) if tested else None
+                     end_epoch=run.end_epoch, base=run.base, metrics=phase.saved_metrics(metrics))
+    name = phase.checkpoint_name(epoch, metrics) if tested else None
     path = state.save(run.cv_dir, name)
-    return {**figures, "epoch": epoch, "checkpoint": str(path)} if name else None
+    return {**metrics, "epoch": epoch, "checkpoint": str(path)} if name else None
+
+
+# --------------------------------------------------------------------------
+# a run's folder, and where a resumed run goes on
+# --------------------------------------------------------------------------
+@dataclass
+class Resumed:
+    """The run continued by ``--resume``: its newest complete state, and the file it was read from."""
+
+    path: Path
+    state: RunState
+
+    def announce(self, cv_dir: Path) -> None:
+        state = self.state
+        when = f"after epoch {state.epoch}" if state.epoch >= state.first_epoch else "before its first epoch"
+        main_print(f"resuming the run in {cv_dir} {when} ({self.path.name})")
+
+
+def open_run_folder(cv_dir: Path, script: str, procs: Processes, stack: ExitStack, resume: bool, restart: bool,
+                    continuing: bool = False, files: list[Path] | None = None) -> tuple[Resumed | None, FolderLock | None]:
+    """The run folder checked and held for this run until ``stack`` closes (by
+    the main process, whose lock is returned; the others wait for it; see
+    ``prepare_run_folder``) and, with ``--resume``, the run's newest state,
+    checked to be one of ``script``'s runs."""
+    lock = main_first(procs, lambda: prepare_run_folder(cv_dir, resume, restart, continuing, files))
+    if lock:
+        stack.push(lock.exit)
+    if not resume:
+        return None, lock
+    path, state = RunState.newest(cv_dir)
+    state.check_script(script, path)
+    return Resumed(path, state), lock
+
+
+def restored_schedule(optimizer: torch.optim.Optimizer, saved: dict | None, source: Path | None, lr: float,
+                      factor: Callable[[int], float], last_epoch: int) -> LambdaLR:
+    """The optimizer's state restored from the run or checkpoint continued
+    (``saved``, read from ``source``), its rate reset to ``lr``, and the
+    schedule ``lr * factor(t)`` from after ``last_epoch``. A LambdaLR of the
+    scripts' formulas, not StepLR or MultiStepLR: those multiply the rate step
+    by step, which differs from the formula in the last bit after two decays."""
+    if isinstance(saved, dict):
+        try:
+            optimizer.load_state_dict(saved)
+        except (ValueError, KeyError) as exc:
+            raise BlockDropError(f"{source}: its optimizer state does not fit this run ({exc}); "
+                                 "it was saved by a run of other networks or another phase") from exc
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = lr
+    return LambdaLR(optimizer, factor, last_epoch=last_epoch)

@@ -17,6 +17,8 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from utils.errors import BlockDropError
+
 HEURISTICS = ("firstk", "randomk", "distributek")  # the paper's Table 1 baselines, as --policy values
 HEURISTIC_NAMES = {"firstk": "FirstK", "randomk": "RandomK", "distributek": "DistributeK"}
 
@@ -47,17 +49,37 @@ class Plan:
 
     def values(self, part: str, name: str) -> list[str]:
         """The values of ``--name`` among ``<part>_flags`` ("pretrain", "cl", "ft")."""
-        flags = list(getattr(self, f"{part}_flags"))
-        if f"--{name}" not in flags:
-            return []
-        after = flags[flags.index(f"--{name}") + 1:]
-        ends = [i for i, f in enumerate(after) if f.startswith("--")]
-        return after[: ends[0] if ends else len(after)]
+        return flag_values(getattr(self, f"{part}_flags"), name)
 
     def flag(self, part: str, name: str) -> str | None:
         """The value of ``--name`` among ``<part>_flags``, or None."""
-        values = self.values(part, name)
-        return values[0] if values else None
+        return flag_value(getattr(self, f"{part}_flags"), name)
+
+
+def flag_values(flags, name: str) -> list[str]:
+    """The values of ``--name`` in a command's ``flags``, as strings: none when
+    the flag is absent (or takes none), several for a flag of several values."""
+    flags = [str(f) for f in flags]
+    if f"--{name}" not in flags:
+        return []
+    after = flags[flags.index(f"--{name}") + 1:]
+    ends = [i for i, f in enumerate(after) if f.startswith("--")]
+    return after[: ends[0] if ends else len(after)]
+
+
+def flag_value(flags, name: str) -> str | None:
+    """The value of ``--name`` in a command's ``flags``, or None."""
+    values = flag_values(flags, name)
+    return values[0] if values else None
+
+
+def check_distinct_penalties(penalties) -> None:
+    """Each penalty's runs are in a folder named by its value to six digits
+    (``f"{p:g}"``): two that are the same there would share one."""
+    names = [f"{p:g}" for p in penalties]
+    if len(set(names)) != len(names):
+        raise BlockDropError(f"--penalties {' '.join(names)}: two of them are the same to six digits and would share "
+                         "a folder; give each once")
 
 
 _CIFAR_CL = ("--lr", "1e-3", "--penalty", "-1", "--batch_size", "2048")  # the authors' README
@@ -238,7 +260,7 @@ def with_flags(plan: Plan, **changes) -> Plan:
 # --------------------------------------------------------------------------
 @dataclass
 class Profile:
-    """``test.py``'s figures of one model on the test set."""
+    """``test.py``'s metrics of one model on the test set."""
 
     accuracy: float
     block_usage: float
@@ -249,13 +271,13 @@ class Profile:
     images: int
 
     @classmethod
-    def of(cls, figures: dict) -> Profile:
-        return cls(**{f.name: figures[f.name] for f in fields(cls)})
+    def of(cls, metrics: dict) -> Profile:
+        return cls(**{f.name: metrics[f.name] for f in fields(cls)})
 
 
 @dataclass
 class Curve:
-    """A training run's figures after each epoch (on its training images).
+    """A training run's metrics after each epoch (on its training images).
     ``handover``: the first epoch at which the policy decides every block."""
 
     epoch: list[int]

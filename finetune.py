@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from training import fit
 from utils.cli import ArgumentParser, add_policy_flags, add_training_flags, run_cli
-from utils.config import TrainConfig
+from utils.config import PHASE_DEFAULTS, TrainConfig
 
 
 def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="finetune.py", description="BlockDrop joint finetuning")
-    add_training_flags(p, lr=1e-4, epoch_step=1600, max_epochs=2000, penalty=-5)
+    add_training_flags(p, **PHASE_DEFAULTS[True])
     p.add_argument("--pretrained", default=None, help="curriculum checkpoint whose agent to start from")
     p.add_argument("--per_image", action="store_true",
                    help="train with per-image execution: each block runs only on the images that keep it, so a "

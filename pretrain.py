@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.optim.lr_scheduler import LambdaLR
 
-from engine import Phase, Run, begin_run, predict, train_epochs
+from engine import Phase, Resumed, Run, begin_run, open_run_folder, restored_schedule, train_epochs
+from evaluation import predict
 from models import BlockDrop, build_resnet, get_config, to_standard_keys
 from utils.bases import PRETRAINED_DIR, base_checkpoint_name, load_weights
 from utils.cli import (
     ArgumentParser,
-    BlockDropError,
     add_device_data_flag,
     add_device_flag,
     add_model_flag,
@@ -38,13 +37,14 @@ from utils.cli import (
     positive_float,
     positive_int,
     run_cli,
-    seed_everything,
 )
+from utils.config import HARDWARE
 from utils.data import get_datasets
 from utils.device_data import check_device_data
-from utils.distributed import Processes, gather_rows, main_first, main_print, setup, teardown
+from utils.distributed import Processes, gather_rows, is_main_process, main_print, setup, teardown
+from utils.errors import BlockDropError
 from utils.files import save_checkpoint
-from utils.runstate import LAST, FolderLock, RunState, prepare_run_folder
+from utils.runstate import LAST, FolderLock, RunState
 from utils.runtime import (
     amp_dtype,
     autocast,
@@ -53,10 +53,11 @@ from utils.runtime import (
     data_loaders,
     grad_scaler,
     parallelize,
+    seed_everything,
 )
 
 # Flags that may differ when a run is resumed (--epochs extends it).
-RESUMABLE = frozenset({"epochs", "workers", "device", "amp", "memory_format"})
+RESUMABLE = HARDWARE | {"epochs"}
 
 
 def get_args_parser() -> ArgumentParser:
@@ -109,13 +110,13 @@ class BasePhase(Phase):
         self.optimizer, self.schedule = optimizer, schedule
         self.model = parallelize(procs, False, [resnet])[0]
         self.precision, self.scaler = precision, grad_scaler(precision)
-        self.lr, self.figures = optimizer.param_groups[0]["lr"], {}  # the last epoch's, saved with the state
+        self.lr, self.metrics = optimizer.param_groups[0]["lr"], {}  # the last epoch's, saved with the state
 
     def begin_epoch(self, epoch: int) -> None:
         self.lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
 
-    def step(self, inputs, targets):
+    def train_batch(self, inputs, targets):
         with autocast(inputs.device, self.precision):
             logits = self.model(inputs)
         logits = logits.float()
@@ -125,10 +126,10 @@ class BasePhase(Phase):
         return {"loss": F.cross_entropy(logits.detach(), targets, reduction="none"),
                 "correct": logits.argmax(1) == targets}
 
-    def train_figures(self, rows):
-        self.figures = {"train_loss": rows["loss"].double().mean().item(),
+    def train_metrics(self, rows):
+        self.metrics = {"train_loss": rows["loss"].double().mean().item(),
                         "train_accuracy": rows["correct"].double().mean().item()}
-        return self.figures
+        return self.metrics
 
     def tested(self, epoch: int) -> bool:
         return epoch % self.test_every == 0
@@ -137,8 +138,8 @@ class BasePhase(Phase):
         tested = predict(BlockDrop(None, self.models["resnet"]), self.testloader, self.procs.device,
                          amp=self.precision, layout=self.layout)
         acc = gather_rows(self.procs, tested["correct"])[0].double().mean().item()
-        self.figures = {**self.figures, "acc": acc, "test_accuracy": acc}
-        return self.figures
+        self.metrics = {**self.metrics, "acc": acc, "test_accuracy": acc}
+        return self.metrics
 
     def log(self, logger, epoch, train=None, test=None):
         if test is None and (self.tested(epoch) or epoch == self.last_epoch):
@@ -149,10 +150,10 @@ class BasePhase(Phase):
                           f"{tested}lr: {self.lr:.2E}",
                    {k: row[k] for k in ("train_loss", "train_accuracy", "test_accuracy", "lr") if k in row}, row)
 
-    def saved_figures(self, figures: dict) -> dict:
-        return figures
+    def saved_metrics(self, metrics: dict) -> dict:
+        return metrics
 
-    def checkpoint_name(self, epoch: int, figures: dict) -> None:
+    def checkpoint_name(self, epoch: int, metrics: dict) -> None:
         return None  # last.t7 every epoch; the base itself when the run ends
 
 
@@ -166,25 +167,19 @@ def main(args: argparse.Namespace) -> Path:
 
 
 def open_folder(args: argparse.Namespace, procs: Processes,
-                stack: ExitStack) -> tuple[RunState | None, FolderLock | None]:
-    """The run folder checked and held for this run until ``stack`` closes (the
-    main process's lock, whose ``begin`` sets an earlier run aside with the base
-    it wrote) and, with ``--resume``, the run's newest state, whose flags then
-    replace ``args``'s."""
+                stack: ExitStack) -> tuple[Resumed | None, FolderLock | None]:
+    """The run folder held for this run (``engine.open_run_folder``; an earlier
+    run is set aside with the base it wrote) and, with ``--resume``, the run's
+    newest state, whose flags then replace ``args``'s."""
     cv_dir = Path(args.cv_dir)
-    lock = main_first(procs, lambda: prepare_run_folder(cv_dir, args.resume, args.restart,
-                                                        files=[] if args.resume else finished_base(cv_dir)))
-    if lock:
-        stack.push(lock.exit)
-    if not args.resume:
-        return None, lock
-    path, state = RunState.newest(cv_dir)
-    state.check_script("pretrain.py", path)
-    flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    vars(args).update(state.continued_flags(flags, getattr(args, "_given", frozenset()), RESUMABLE, path))
-    when = f"after epoch {state.epoch}" if state.epoch >= 1 else "before its first epoch"
-    main_print(f"resuming the run in {cv_dir} {when} ({path.name})")
-    return state, lock
+    resumed, lock = open_run_folder(cv_dir, "pretrain.py", procs, stack, args.resume, args.restart,
+                                    files=[] if args.resume else finished_base(cv_dir))
+    if resumed:
+        flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+        given = getattr(args, "_given", frozenset())
+        vars(args).update(resumed.state.continued_flags(flags, given, RESUMABLE, resumed.path))
+        resumed.announce(cv_dir)
+    return resumed, lock
 
 
 def finished_base(cv_dir: Path) -> list[Path]:
@@ -193,7 +188,7 @@ def finished_base(cv_dir: Path) -> list[Path]:
         _, state = RunState.newest(cv_dir)
     except BlockDropError:
         return []
-    path = cv_dir / base_checkpoint_name(state.epoch, state.figures.get("acc", -1.0))
+    path = cv_dir / base_checkpoint_name(state.epoch, state.metrics.get("acc", -1.0))
     return [path] if state.epoch == state.end_epoch and path.is_file() else []
 
 
@@ -203,14 +198,15 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     if data and args.device_data:  # checked before any file moves
         check_device_data(*data)
     resumed, lock = open_folder(args, procs, stack)
+    state = resumed.state if resumed else None
     config = get_config(args.model)
-    resnet = build_resnet(config) if resumed else None
-    if resumed:
-        load_weights(resnet, resumed.networks["resnet"], Path(args.cv_dir) / LAST, f"{config.name} ResNet")
-        if resumed.epoch >= args.epochs:
-            main_print(f"the run in {args.cv_dir} is complete (its last epoch, {resumed.epoch}, is done): "
+    resnet = build_resnet(config) if state else None
+    if state:
+        load_weights(resnet, state.networks["resnet"], resumed.path, f"{config.name} ResNet")
+        if state.epoch >= args.epochs:
+            main_print(f"the run in {args.cv_dir} is complete (its last epoch, {state.epoch}, is done): "
                        "nothing to train")
-            return save_base(Path(args.cv_dir), procs, resumed.epoch, config, resnet, resumed.figures["acc"], False)
+            return save_base(Path(args.cv_dir), procs, state.epoch, config, resnet, state.metrics["acc"], False)
     seed_everything(args.seed)
     trainset, testset = data or get_datasets(config, args.data_dir, args.train_subset)
     trainloader, testloader = data_loaders(trainset, testset, procs, args.batch_size, args.workers, args.seed,
@@ -221,31 +217,28 @@ def train_base(args: argparse.Namespace, procs: Processes, stack: ExitStack) -> 
     if resnet is None:
         resnet = build_resnet(config)
     resnet.to(procs.device, memory_format=layout)
-    optimizer, schedule = make_optimizer(args, resnet, resumed)
+    optimizer, schedule = make_optimizer(args, resnet, state, resumed.path if resumed else None)
     phase = BasePhase(resnet, procs, testloader, layout, amp_dtype(args.amp, procs.device), optimizer, schedule,
                       args.test_every, args.epochs)
-    start = resumed.epoch + 1 if resumed else 1
+    start = state.epoch + 1 if state else 1
     flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     run = Run(Path(args.cv_dir), procs, {**flags, "processes": procs.world_size}, 1, start, args.epochs)
-    if resumed:
-        resumed.restore_rng(procs.rank, procs.world_size)
-        phase.figures = resumed.figures
+    if state:
+        state.restore_rng(procs.rank, procs.world_size)
+        phase.metrics = state.metrics
     if lock:  # every check passed: an earlier run is set aside only now
         lock.begin()
-    train_epochs(begin_run(run, phase, fresh=resumed is None), phase, trainloader)
-    return save_base(run.cv_dir, procs, args.epochs, config, resnet, phase.figures["acc"], trained=True)
+    train_epochs(begin_run(run, phase, fresh=state is None), phase, trainloader)
+    return save_base(run.cv_dir, procs, args.epochs, config, resnet, phase.metrics["acc"], trained=True)
 
 
-def make_optimizer(args: argparse.Namespace, resnet, resumed: RunState | None):
+def make_optimizer(args: argparse.Namespace, resnet, resumed: RunState | None, source: Path | None):
     """SGD with momentum and weight decay, its state restored when resuming, and
     the schedule of ``lr_factor`` from the epoch the run goes on at."""
     optimizer = torch.optim.SGD(resnet.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    if resumed:
-        optimizer.load_state_dict(resumed.optimizer)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = args.lr
     start = resumed.epoch + 1 if resumed else 1
-    schedule = LambdaLR(optimizer, lambda t: lr_factor(args, t + 1), last_epoch=start - 2)  # t counts from 0
+    schedule = restored_schedule(optimizer, resumed.optimizer if resumed else None, source, args.lr,
+                                 lambda t: lr_factor(args, t + 1), start - 2)  # t counts from 0
     return optimizer, schedule
 
 
@@ -254,7 +247,7 @@ def save_base(cv_dir: Path, procs: Processes, epochs: int, config, resnet, acc: 
     (``acc``: the last test accuracy). A file of that name that this run did not
     write is never replaced."""
     path = cv_dir / base_checkpoint_name(epochs, acc)
-    if procs.is_main:
+    if is_main_process():
         if path.exists() and trained:
             raise BlockDropError(f"{path} exists and was not written by this run; the trained network is in "
                                  f"{cv_dir / LAST}: move {path.name} away and run again with --resume")

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from claims import all_claims
-from engine import predict
+from evaluation import predict
 from experiment import (
     GPU_PLANS,
     PLANS,
@@ -42,30 +42,24 @@ from experiment import (
     Profile,
     Ref,
     Results,
+    check_distinct_penalties,
     declare,
+    flag_value,
     plan_for,
     with_flags,
 )
 from models import CONFIGS, build_agent, build_resnet, get_config
 from report import claims_table, comparison_panels, curve_arms, report_markdown, trade_off
-from rl import learned_blocks
+from rl import decided_blocks
 from utils.bases import choose_base, load_base
 from utils.checkpoints import load_blockdrop, policy_source
-from utils.cli import (
-    ArgumentParser,
-    BlockDropError,
-    add_device_flag,
-    choose_device,
-    finite_float,
-    nonnegative_int,
-    positive_int,
-    run_cli,
-)
+from utils.cli import ArgumentParser, add_device_flag, finite_float, nonnegative_int, positive_int, run_cli
 from utils.data import get_datasets
-from utils.distributed import setup, teardown
+from utils.distributed import choose_device, is_main_process, setup, teardown
+from utils.errors import BlockDropError
 from utils.files import atomic_write_bytes, writable_folder, write_json
 from utils.flops import agent_flops, resnet_flop_table
-from utils.pipeline import cached, content_sha256, recorded_seconds, run_step, run_training
+from utils.pipeline import cached, content_sha256, recorded_seconds, run_script, run_training
 
 
 def get_args_parser() -> ArgumentParser:
@@ -114,9 +108,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
     listed = " ".join(f"{p:g}" for p in plan.penalties)
     if plan.penalty not in plan.penalties:
         raise BlockDropError(f"--penalty {plan.penalty:g} is not one of --penalties {listed}")
-    if len({f"{p:g}" for p in plan.penalties}) != len(plan.penalties):
-        raise BlockDropError(f"--penalties {listed}: two of them are the same to six digits and would share a "
-                             "folder; give each once")
+    check_distinct_penalties(plan.penalties)
     if args.base and not Path(args.base).is_file():
         raise BlockDropError(f"--base {args.base}: no such file")
     return plan
@@ -164,7 +156,7 @@ class Executor:
             return Outcome(note=resolved)
         argv, starts = resolved
         if run.script == "test.py":
-            return profiled(self.profile(self.out / f"{run.name}.json", run.model, argv, starts))
+            return outcome_of(self.run_test_script(self.out / f"{run.name}.json", run.model, argv, starts))
         if run.script == "easy_hard":
             return Outcome(**cached(self.out / f"{run.name}.json", {"argv": argv, **starts},
                                     lambda: easy_and_hard(self.args, run.model, argv[1], argv[3])))
@@ -173,31 +165,31 @@ class Executor:
         trained = run_training(folder, run.script, argv, {"argv": argv, **starts})
         if run.script == "pretrain.py":
             return Outcome(path=trained["path"])
-        outcome = profiled(self.profile(folder / "profile.json", run.model, ["--load", trained["checkpoint"]],
+        outcome = outcome_of(self.run_test_script(folder / "profile.json", run.model, ["--load", trained["checkpoint"]],
                                         {"checkpoint_sha256": content_sha256(trained["checkpoint"])}))
         outcome.reward, outcome.path = trained["reward"], trained["checkpoint"]
         outcome.curve = learning_curve(folder, run, get_config(run.model).num_blocks)
         return outcome
 
-    def profile(self, record: Path, model: str, flags: list[str], starts: dict) -> dict:
-        """test.py's figures (accuracy, blocks, FLOPs, unique policies), kept in ``record``."""
+    def run_test_script(self, record: Path, model: str, flags: list[str], starts: dict) -> dict:
+        """test.py's metrics (accuracy, blocks, FLOPs, unique policies), kept in ``record``."""
         argv = ["--model", model, *self.common, *flags, "--batch_size", "128", "--time_images", "0",
                 "--json", str(record.with_name(record.stem + "_test.json"))]
-        return cached(record, {"argv": argv, **starts}, lambda: run_step("test.py", argv))
+        return cached(record, {"argv": argv, **starts}, lambda: run_script("test.py", argv))
 
 
-def profiled(figures: dict) -> Outcome:
-    profile = Profile.of(figures)
+def outcome_of(metrics: dict) -> Outcome:
+    """A profiled model's outcome: test.py's metrics, and its blocks rounded (the heuristics' K)."""
+    profile = Profile.of(metrics)
     return Outcome(profile=profile, k=max(1, round(profile.block_usage)))
 
 
 def learning_curve(folder: Path, run: PlannedRun, num_blocks: int) -> Curve:
-    """The run's training figures by epoch, from its ``metrics.jsonl``."""
+    """The run's training metrics by epoch, from its ``metrics.jsonl``."""
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("split") == "train"]
-    flags = [str(f) for f in run.flags]
-    cl_step = int(flags[flags.index("--cl_step") + 1]) if "--cl_step" in flags else num_blocks
-    handover = next(e for e in range(num_blocks + 1) if learned_blocks(e, num_blocks, cl_step) >= num_blocks)
+    cl_step = int(flag_value(run.flags, "cl_step") or num_blocks)
+    handover = next(e for e in range(num_blocks + 1) if decided_blocks(e, num_blocks, cl_step) >= num_blocks)
     return Curve([r["epoch"] for r in rows], [r["reward"] for r in rows], [r["acc"] for r in rows],
                  [r["blocks"] for r in rows], handover if run.script == "cl_training.py" else 0)
 
@@ -265,20 +257,15 @@ def run_cost(run: PlannedRun, plan: Plan) -> float:
     """A run's FLOPs: training counts forward and backward as three forward
     passes; the curriculum runs the frozen ResNet twice, finetuning three
     times (the sampled pass trains) and a heuristic's finetuning once."""
-    flags = [str(f) for f in run.flags]
-
-    def epochs(flag: str) -> int:
-        return int(flags[flags.index(flag) + 1])
-
     resnet, agent = _flops(run.model), _flops(run.model, agent=True)
     if run.script == "pretrain.py":
-        return epochs("--epochs") * plan.train_images * 3 * resnet
+        return int(flag_value(run.flags, "epochs")) * plan.train_images * 3 * resnet
     if run.script in ("test.py", "easy_hard"):
         return plan.test_images * (agent + resnet)
     per_image = 3 * agent + (2 * resnet if run.script == "cl_training.py" else 4 * resnet)
-    if "--policy" in flags:
+    if flag_value(run.flags, "policy") is not None:
         per_image = 3 * resnet
-    return (epochs("--max_epochs") + 1) * plan.train_images * per_image
+    return (int(flag_value(run.flags, "max_epochs")) + 1) * plan.train_images * per_image
 
 
 def plan_text(args: argparse.Namespace, plan: Plan) -> str:
@@ -318,7 +305,7 @@ def main(args: argparse.Namespace) -> dict:
         results = execute(args, plan, out)
     finally:
         teardown(procs)
-    if not procs.is_main:
+    if not is_main_process():
         return results.to_json()
     assessments = all_claims(results)
     meta = {"minutes": (time.time() - started) / 60, "step_minutes": recorded_seconds(out) / 60,

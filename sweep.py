@@ -18,12 +18,12 @@ import argparse
 import json
 from pathlib import Path
 
+from experiment import check_distinct_penalties
 from models import build_agent, get_config
 from utils.bases import find_default_base
 from utils.checkpoints import load_blockdrop_checkpoint
 from utils.cli import (
     ArgumentParser,
-    BlockDropError,
     add_device_flag,
     add_model_flag,
     finite_float,
@@ -32,8 +32,9 @@ from utils.cli import (
     positive_int,
     run_cli,
 )
+from utils.errors import BlockDropError
 from utils.files import writable_folder, write_json
-from utils.pipeline import cached, content_sha256, run_step, run_training
+from utils.pipeline import cached, content_sha256, run_script, run_training
 from utils.plots import save_figure, tradeoff_figure
 
 
@@ -81,14 +82,15 @@ def run_settings(args: argparse.Namespace, penalty: float, starts: dict) -> dict
             "data_dir": args.data_dir, "limit": args.limit, "profile_batch_size": args.profile_batch_size}
 
 
-def profile(args: argparse.Namespace, out: Path, load: Path | None, base: str | None) -> dict:
+def run_test_script(args: argparse.Namespace, out: Path, load: Path | None, base: str | None) -> dict:
+    """test.py run on a checkpoint (``load``) or the full ResNet of ``base``, its metrics written to ``out``."""
     argv = ["--model", args.model, "--data_dir", args.data_dir, "--json", str(out)]
     argv += ["--load", str(load)] if load else []
     argv += ["--base", base] if base else []
     argv += ["--device", args.device] if args.device else []
     argv += ["--limit", str(args.limit)] if args.limit else []
     argv += ["--batch_size", str(args.profile_batch_size)]
-    run_step("test.py", argv)
+    run_script("test.py", argv)
     return json.loads(out.read_text())
 
 
@@ -104,16 +106,13 @@ def finetune_and_profile(args: argparse.Namespace, penalty: float, folder: Path,
     argv += ["--seed", str(args.seed)] if args.seed is not None else []
     trained = {k: v for k, v in settings.items() if k not in PROFILE_ONLY}
     last = run_training(folder, "finetune.py", argv, trained)
-    return profile(args, folder / "test.json", Path(last["checkpoint"]), None)
+    return run_test_script(args, folder / "test.json", Path(last["checkpoint"]), None)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
     """Everything that can be checked before any file is written: one folder per
     penalty, the starting files there and readable."""
-    names = [penalty_dir(Path(args.cv_dir), p).name for p in args.penalties]
-    if len(set(names)) != len(names):
-        raise BlockDropError(f"--penalties {' '.join(f'{p:g}' for p in args.penalties)}: two of them are the same "
-                             "to six digits and would share a folder; give each once")
+    check_distinct_penalties(args.penalties)  # penalty_dir names each by its value to six digits
     if args.base and not Path(args.base).is_file():
         raise BlockDropError(f"--base {args.base}: no such file")
     config = get_config(args.model)
@@ -128,7 +127,7 @@ def run_sweep(args: argparse.Namespace) -> dict:
     full = cached(cv_dir / "full_run.json", {"model": args.model, "base_sha256": starts["base_sha256"],
                                               "data_dir": args.data_dir, "limit": args.limit,
                                               "profile_batch_size": args.profile_batch_size},
-                  lambda: profile(args, cv_dir / "full.json", None, args.base))
+                  lambda: run_test_script(args, cv_dir / "full.json", None, args.base))
     runs = []
     for penalty in args.penalties:
         folder = penalty_dir(cv_dir, penalty)

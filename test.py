@@ -19,22 +19,22 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from engine import policy_stats, predict
+from evaluation import policy_stats, predict
 from models import BlockDrop, build_resnet, get_config
 from utils.bases import load_base_for
 from utils.checkpoints import load_trained, policy_source, recorded_policy
 from utils.cli import (
     ArgumentParser,
-    BlockDropError,
     add_device_flag,
     add_model_flag,
     add_policy_flags,
-    choose_device,
     nonnegative_int,
     positive_int,
     run_cli,
 )
 from utils.data import get_datasets
+from utils.distributed import choose_device
+from utils.errors import BlockDropError
 from utils.files import load_state_file, output_file, write_json
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
 from utils.timing import seconds_per_image
@@ -56,7 +56,7 @@ def get_args_parser() -> ArgumentParser:
                    help="how many of the profiled images to time (at least one batch; 0: no time line)")
     p.add_argument("--workers", type=nonnegative_int, default=0, help="data loader workers")
     p.add_argument("--limit", type=positive_int, default=None, help="profile only the first N test images")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the metrics to this JSON file")
     add_policy_flags(p, "with --load, the ResNet of that checkpoint and, when not given, the policy it was "
                         "finetuned under; without --load, the base", seed=True)
     return p
@@ -111,18 +111,18 @@ def _ms(value: float) -> str:
     return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
 
 
-def report(figures: dict) -> str:
+def report(metrics: dict) -> str:
     """The four lines of SPEC section 7, then the measured time when there is one."""
     lines = (
-        f"    Accuracy: {figures['accuracy']:.3f}\n"
-        f"    Block Usage: {figures['block_usage']:.3f} ± {figures['block_usage_std']:.3f}\n"
-        f"    FLOPs/img: {figures['flops']:.2E} ± {figures['flops_std']:.2E}\n"
-        f"    Unique Policies: {figures['unique_policies']}"
+        f"    Accuracy: {metrics['accuracy']:.3f}\n"
+        f"    Block Usage: {metrics['block_usage']:.3f} ± {metrics['block_usage_std']:.3f}\n"
+        f"    FLOPs/img: {metrics['flops']:.2E} ± {metrics['flops_std']:.2E}\n"
+        f"    Unique Policies: {metrics['unique_policies']}"
     )
-    if "time_per_image" in figures:
-        ms, full_ms = 1000 * figures["time_per_image"], 1000 * figures["full_time_per_image"]
+    if "time_per_image" in metrics:
+        ms, full_ms = 1000 * metrics["time_per_image"], 1000 * metrics["full_time_per_image"]
         lines += (f"\n    Time/img: {_ms(ms)} ms (full ResNet {_ms(full_ms)} ms): "
-                  f"{full_ms / ms:.2f}x measured, {figures['full_resnet_flops'] / figures['flops']:.2f}x in FLOPs")
+                  f"{full_ms / ms:.2f}x measured, {metrics['full_resnet_flops'] / metrics['flops']:.2f}x in FLOPs")
     return lines
 
 
@@ -147,15 +147,15 @@ def main(args: argparse.Namespace) -> dict:
     agent.to(device)
     resnet.to(device)
     full = not args.load and not fixed
-    figures = profile(agent, resnet, testset, device, full, args.limit, args.workers, args.batch_size)
+    metrics = profile(agent, resnet, testset, device, full, args.limit, args.workers, args.batch_size)
     if args.time_images:
-        timed = Subset(testset, range(figures["images"]))
-        figures.update(measure_time(agent, resnet, timed, device, full, args.time_images, args.batch_size))
-        figures["device"] = str(device)
-    print(report(figures), flush=True)
+        timed = Subset(testset, range(metrics["images"]))
+        metrics.update(measure_time(agent, resnet, timed, device, full, args.time_images, args.batch_size))
+        metrics["device"] = str(device)
+    print(report(metrics), flush=True)
     if args.json:
-        write_json(Path(args.json), {"model": config.name, **source, **figures})
-    return figures
+        write_json(Path(args.json), {"model": config.name, **source, **metrics})
+    return metrics
 
 
 if __name__ == "__main__":

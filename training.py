@@ -14,40 +14,41 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from engine import Phase, Run, begin_run, evaluate, summarize, train_epochs
+from engine import Phase, Resumed, Run, begin_run, open_run_folder, restored_schedule, train_epochs
+from evaluation import evaluate, summarize
 from models import build_agent, build_resnet, get_config
-from rl import RLConfig, learned_blocks, train_step
-from utils.bases import load_base_for, load_policy_start
-from utils.checkpoints import checkpoint_name, load_blockdrop_checkpoint, policy_source
-from utils.cli import BlockDropError, seed_everything
+from rl import RLConfig, decided_blocks, train_step
+from utils.bases import load_base_for, load_policy_start, load_weights
+from utils.checkpoints import load_blockdrop_checkpoint, policy_source
 from utils.config import RESUMABLE, TrainConfig
 from utils.data import get_datasets
 from utils.device_data import check_device_data
-from utils.distributed import Processes, main_first, main_print, setup, teardown
-from utils.runstate import FolderLock, RunState, prepare_run_folder
-from utils.runtime import amp_dtype, channels_layout, data_loaders, grad_scaler, parallelize
+from utils.distributed import Processes, main_print, setup, teardown
+from utils.errors import BlockDropError
+from utils.runstate import FolderLock, checkpoint_name, named_checkpoints
+from utils.runtime import amp_dtype, channels_layout, data_loaders, grad_scaler, parallelize, seed_everything
 
 # --------------------------------------------------------------------------
 # BlockDrop's phase: curriculum learning or joint finetuning
 # --------------------------------------------------------------------------
-FIGURES = ("reward", "acc", "blocks", "blocks_std", "unique")  # saved in every checkpoint, beside the networks
+SAVED_METRICS = ("reward", "acc", "blocks", "blocks_std", "unique")  # saved in every checkpoint, beside the networks
 TB_NAMES = {"acc": "accuracy", "reward": "reward", "blocks": "sparsity",
             "blocks_std": "variance", "unique": "unique_policies"}
 
 
-def _figures(stats: dict) -> str:
+def _metrics_text(stats: dict) -> str:
     return (f"A: {stats['acc']:.3f} | R: {stats['reward']:.2E} | S: {stats['blocks']:.3f} | "
             f"V: {stats['blocks_std']:.3f} | #: {stats['unique']}")
 
 
 def log_line(epoch: int, stats: dict) -> str:
     """The train line ``E: %d | A: %.3f | R: %.2E | S: %.3f | V: %.3f | #: %d`` (SPEC section 6)."""
-    return f"E: {epoch} | {_figures(stats)}"
+    return f"E: {epoch} | {_metrics_text(stats)}"
 
 
 def test_line(stats: dict) -> str:
     """The test line ``TS - A: %.3f | R: %.2E | S: %.3f | V: %.3f | #: %d``: as in the original, no epoch."""
-    return f"TS - {_figures(stats)}"
+    return f"TS - {_metrics_text(stats)}"
 
 
 class RLPhase(Phase):
@@ -69,29 +70,29 @@ class RLPhase(Phase):
                            amp=precision)
         self.scaler = grad_scaler(precision)
         self.num_blocks = nets.agent.num_blocks
-        self.learned = self.num_blocks
+        self.decided = self.num_blocks
 
     def begin_epoch(self, epoch: int) -> None:
         if epoch % self.cfg.epoch_step == 0:
             main_print(f"# setting learning_rate to {self.optimizer.param_groups[0]['lr']:.2E}")
         if not self.cfg.joint:
-            self.learned = learned_blocks(epoch, self.num_blocks, self.cfg.cl_step)
-            main_print(f"training the last {self.learned} blocks ...")
+            self.decided = decided_blocks(epoch, self.num_blocks, self.cfg.cl_step)
+            main_print(f"training the last {self.decided} blocks ...")
         self.agent.train()
         self.resnet.train(self.cfg.joint)  # curriculum: the ResNet stays in eval mode, frozen
 
-    def step(self, inputs, targets):
-        out = train_step(self.agent, self.resnet, inputs, targets, self.optimizer, self.learned, self.rl, self.scaler)
+    def train_batch(self, inputs, targets):
+        out = train_step(self.agent, self.resnet, inputs, targets, self.optimizer, self.decided, self.rl, self.scaler)
         return {"reward": out["reward"], "correct": out["correct"], "policy": out["policy"]}
 
-    def train_figures(self, rows):
+    def train_metrics(self, rows):
         return summarize(rows["correct"], rows["reward"], rows["policy"])
 
     def tested(self, epoch: int) -> bool:
         return epoch % self.cfg.test_every == 0
 
     def evaluate(self, epoch: int) -> dict:
-        return evaluate(self.agent, self.resnet, self.testloader, self.procs.device, self.learned, self.cfg.penalty,
+        return evaluate(self.agent, self.resnet, self.testloader, self.procs.device, self.decided, self.cfg.penalty,
                         procs=self.procs, amp=self.rl.amp, layout=self.layout)
 
     def log(self, logger, epoch, train=None, test=None):
@@ -101,35 +102,30 @@ class RLPhase(Phase):
                 logger.log(epoch, line, {f"{split}_{name}": stats[key] for key, name in TB_NAMES.items()},
                            {"split": split, "epoch": epoch, **stats})
 
-    def saved_figures(self, figures: dict) -> dict:
-        return {k: figures[k] for k in FIGURES if k in figures}  # none before the first epoch
+    def saved_metrics(self, metrics: dict) -> dict:
+        return {k: metrics[k] for k in SAVED_METRICS if k in metrics}  # none before the first epoch
 
-    def checkpoint_name(self, epoch: int, figures: dict) -> str:
-        return checkpoint_name(epoch, figures["acc"], figures["reward"], figures["blocks"], figures["unique"])
+    def checkpoint_name(self, epoch: int, metrics: dict) -> str:
+        return checkpoint_name(epoch, metrics["acc"], metrics["reward"], metrics["blocks"], metrics["unique"])
 
 
 # --------------------------------------------------------------------------
 # set-up
 # --------------------------------------------------------------------------
-def open_folder(cfg: TrainConfig, procs: Processes,
-                stack: ExitStack) -> tuple[TrainConfig, tuple[Path, RunState] | None, FolderLock | None]:
-    """The run folder checked and held for this run until ``stack`` closes (by
-    the main process, whose lock is returned; the others wait for it) and, with
+def open_folder(cfg: TrainConfig, procs: Processes, stack: ExitStack) -> tuple[TrainConfig, Resumed | None,
+                                                                            FolderLock | None]:
+    """The run folder held for this run (``engine.open_run_folder``) and, with
     ``--resume``, the newest saved state and the run's own flags, checked."""
     cv_dir = Path(cfg.cv_dir)
     continuing = bool(cfg.load) and Path(cfg.load).resolve().parent == cv_dir.resolve()
-    lock = main_first(procs, lambda: prepare_run_folder(cv_dir, cfg.resume, cfg.restart, continuing))
-    if lock:
-        stack.push(lock.exit)
-    if not cfg.resume:
-        return cfg, None, lock
-    path, state = RunState.newest(cv_dir)
-    state.check_script("finetune.py" if cfg.joint else "cl_training.py", path)
-    cfg = cfg.with_flags(state.continued_flags(cfg.flags(), cfg.given, RESUMABLE, path))
-    check_flags(cfg, files=False)  # against the run's own flags: its model and policy
-    when = f"after epoch {state.epoch}" if state.epoch >= state.first_epoch else "before its first epoch"
-    main_print(f"resuming the run in {cv_dir} {when} ({path.name})")
-    return cfg, (path, state), lock
+    resumed, lock = open_run_folder(cv_dir, "finetune.py" if cfg.joint else "cl_training.py", procs, stack,
+                                    cfg.resume, cfg.restart, continuing)
+    if resumed:
+        state = resumed.state
+        cfg = cfg.with_flags(state.continued_flags(cfg.flags(), cfg.given, RESUMABLE, resumed.path))
+        check_flags(cfg, files=False)  # against the run's own flags: its model and policy
+        resumed.announce(cv_dir)
+    return cfg, resumed, lock
 
 
 def check_flags(cfg: TrainConfig, files: bool = True) -> None:
@@ -149,70 +145,91 @@ def check_flags(cfg: TrainConfig, files: bool = True) -> None:
 class Networks:
     agent: nn.Module
     resnet: nn.Module
-    start_epoch: int
-    checkpoint: dict | None  # the checkpoint continued (--load or --resume)
-    checkpoint_path: Path | None
-    policy_start: str
-    base: dict | None  # the base the ResNet was trained from: path and SHA-256
+    start_epoch: int = 0
+    optimizer_state: dict | None = None  # the saved optimizer of the run or checkpoint continued
+    source: Path | None = None  # that run's state or checkpoint (--resume or --load)
+    policy_start: str = ""
+    base: dict | None = None  # the base the ResNet was trained from: path and SHA-256
 
 
-def build_networks(cfg: TrainConfig, resumed: tuple[Path, RunState] | None = None) -> Networks:
+@dataclass
+class Continued:
+    """What a run continued (``--resume``'s state or ``--load``'s checkpoint) gives the networks."""
+
+    path: Path
+    epoch: int  # its last epoch (-1: none)
+    optimizer: dict | None
+    base: dict | None  # the base it records
+    has_resnet: bool  # its finetuned ResNet was loaded (finetuning only)
+
+
+def build_networks(cfg: TrainConfig, resumed: Resumed | None = None) -> Networks:
     """The ResNet and the agent, built in the original's order (so that a seeded
-    run draws the same random numbers), then filled: from the checkpoint
-    continued (--resume's state or --load: agent, and ResNet when finetuned),
-    the base (the one a checkpoint records, else --base or the default),
+    run draws the same random numbers), then filled: from the run continued
+    (--resume's state or --load's checkpoint: agent, and ResNet when finetuned),
+    the base (the one that run records, else --base or the default),
     --pretrained's agent, or the agent's own start."""
     config = get_config(cfg.model)
     resnet, agent = build_resnet(config), build_agent(config)
     if cfg.policy != "learned":  # a baseline in the policy network's place, which was built for the random stream
         agent = policy_source(config, cfg.policy, cfg.k, cfg.seed or 0)
-    start_epoch, checkpoint, path = 0, None, None
-    if resumed or cfg.load:
-        path, obj = (resumed[0], resumed[1].to_dict()) if resumed else (Path(cfg.load), None)
-        checkpoint = load_blockdrop_checkpoint(path, config.name, agent, resnet if cfg.joint else None, obj)
-        start_epoch = int(checkpoint.get("epoch", -1)) + 1
-        if resumed and not getattr(agent, "learnable", True):
-            agent.load_state_dict(resumed[1].networks["agent"])  # RandomK's draws go on where they stopped
-        main_print(f"loaded agent from {path}")
+    nets = Networks(agent, resnet)
+    continued = from_state(nets, resumed, config, cfg.joint) if resumed else from_checkpoint(nets, cfg, config)
+    if continued:
+        nets.start_epoch, nets.optimizer_state, nets.source = continued.epoch + 1, continued.optimizer, continued.path
+        main_print(f"loaded agent from {continued.path}")
     pretrained = None
-    if cfg.joint and cfg.pretrained and checkpoint is None:
+    if cfg.joint and cfg.pretrained and continued is None:
         pretrained = load_blockdrop_checkpoint(Path(cfg.pretrained), config.name, agent, None)
         main_print(f"loaded pretrained model from {cfg.pretrained}")
-    if cfg.joint and checkpoint and checkpoint["has_resnet"]:
-        base = checkpoint.get("base")  # the finetuned ResNet is in the checkpoint; its base stays on record
+    if continued and continued.has_resnet:
+        nets.base = continued.base  # the finetuned ResNet is in the checkpoint; its base stays on record
+    elif continued:
+        nets.base = load_base_for(resnet, config, cfg.base, continued.base, continued.path)
     else:
-        recorded, source = (checkpoint, path) if checkpoint else (pretrained, cfg.pretrained)
-        base = load_base_for(resnet, config, cfg.base, (recorded or {}).get("base"), source)
+        nets.base = load_base_for(resnet, config, cfg.base, (pretrained or {}).get("base"), cfg.pretrained)
     if resumed:
-        policy_start = resumed[1].args.get("policy_start", "")
+        nets.policy_start = resumed.state.args.get("policy_start", "")
     elif cfg.load or pretrained:
-        policy_start = f"agent of {cfg.load or cfg.pretrained}"
-    elif not getattr(agent, "learnable", True):
-        policy_start = agent.start
+        nets.policy_start = f"agent of {cfg.load or cfg.pretrained}"
     else:
-        policy_start = agent.start if config.arch == "cifar" else load_policy_start(agent)
-    return Networks(agent, resnet, start_epoch, checkpoint, path, policy_start, base)
+        learnable = getattr(agent, "learnable", True)
+        nets.policy_start = load_policy_start(agent) if learnable and config.arch != "cifar" else agent.start
+    return nets
+
+
+def from_state(nets: Networks, resumed: Resumed, config, joint: bool) -> Continued:
+    """The networks as the resumed run saved them, read from its state as it is
+    (a fixed policy's state too: RandomK's draws go on where they stopped)."""
+    state = resumed.state
+    if getattr(nets.agent, "learnable", True):
+        load_weights(nets.agent, state.networks["agent"], resumed.path, f"{config.name} agent")
+    else:
+        nets.agent.load_state_dict(state.networks["agent"])
+    has_resnet = joint and "resnet" in state.networks
+    if has_resnet:
+        load_weights(nets.resnet, state.networks["resnet"], resumed.path, f"{config.name} ResNet")
+    return Continued(resumed.path, state.epoch, state.optimizer, state.base, has_resnet)
+
+
+def from_checkpoint(nets: Networks, cfg: TrainConfig, config) -> Continued | None:
+    """The networks of ``--load``'s checkpoint (the ResNet only when finetuning), or None without one."""
+    if not cfg.load:
+        return None
+    path = Path(cfg.load)
+    ckpt = load_blockdrop_checkpoint(path, config.name, nets.agent, nets.resnet if cfg.joint else None)
+    optimizer = ckpt.get("optimizer") if isinstance(ckpt.get("optimizer"), dict) else None
+    return Continued(path, int(ckpt.get("epoch", -1)), optimizer, ckpt.get("base"), cfg.joint and ckpt["has_resnet"])
 
 
 def make_optimizer(cfg: TrainConfig, nets: Networks) -> tuple[torch.optim.Optimizer, LambdaLR]:
     """Adam over the agent (and the ResNet when finetuning), its state restored
-    from the checkpoint continued, and the original's schedule
-    ``lr * lr_decay_ratio ** (epoch // epoch_step)`` from the epoch the run
-    starts. A LambdaLR of that formula, not StepLR: StepLR multiplies the rate
-    step by step, which differs from the formula in the last bit after two decays."""
+    from the run continued, and the original's schedule
+    ``lr * lr_decay_ratio ** (epoch // epoch_step)`` from the epoch the run starts."""
     params = list(nets.agent.parameters()) + (list(nets.resnet.parameters()) if cfg.joint else [])
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.wd)
-    saved = (nets.checkpoint or {}).get("optimizer")
-    if isinstance(saved, dict):
-        try:
-            optimizer.load_state_dict(saved)
-        except (ValueError, KeyError) as exc:
-            raise BlockDropError(f"{nets.checkpoint_path}: its optimizer state does not fit this run ({exc}); "
-                                 "it was saved by a run of other networks or another phase") from exc
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = cfg.lr
-    schedule = LambdaLR(optimizer, lambda epoch: cfg.lr_decay_ratio ** (epoch // cfg.epoch_step),
-                        last_epoch=nets.start_epoch - 1)
+    schedule = restored_schedule(optimizer, nets.optimizer_state, nets.source, cfg.lr,
+                                 lambda epoch: cfg.lr_decay_ratio ** (epoch // cfg.epoch_step), nets.start_epoch - 1)
     return optimizer, schedule
 
 
@@ -236,8 +253,8 @@ def fit(cfg: TrainConfig, datasets: tuple | None = None) -> dict:
                 if cfg.device_data:
                     check_device_data(*datasets)
             cfg, resumed, lock = open_folder(cfg, procs, stack)
-            if resumed and resumed[1].epoch >= resumed[1].first_epoch + cfg.max_epochs:
-                return already_complete(Path(cfg.cv_dir), *resumed)
+            if resumed and resumed.state.epoch >= resumed.state.first_epoch + cfg.max_epochs:
+                return already_complete(Path(cfg.cv_dir), resumed)
             run, phase, trainloader = set_up(cfg, resumed, datasets, procs)
             if lock:  # every check passed: an earlier run is set aside only now
                 lock.begin()
@@ -246,15 +263,16 @@ def fit(cfg: TrainConfig, datasets: tuple | None = None) -> dict:
         teardown(procs)
 
 
-def already_complete(cv_dir: Path, path: Path, state: RunState) -> dict:
+def already_complete(cv_dir: Path, resumed: Resumed) -> dict:
     """A resumed run with no epoch left: said in one line, nothing written; its
     last checkpoint, as a finished run returns it."""
+    state = resumed.state
     main_print(f"the run in {cv_dir} is complete (its last epoch, {state.epoch}, is done): nothing to train")
-    named = sorted(cv_dir.glob(f"ckpt_E_{state.epoch}_*.t7"))
-    return {**state.figures, "epoch": state.epoch, "checkpoint": str(named[0] if named else path)}
+    named = named_checkpoints(cv_dir, state.epoch)
+    return {**state.metrics, "epoch": state.epoch, "checkpoint": str(named[0] if named else resumed.path)}
 
 
-def set_up(cfg: TrainConfig, resumed: tuple[Path, RunState] | None, datasets: tuple | None,
+def set_up(cfg: TrainConfig, resumed: Resumed | None, datasets: tuple | None,
            procs: Processes) -> tuple[Run, RLPhase, object]:
     """Everything before the first epoch, in the order that keeps a seeded run
     on the original's random stream."""
@@ -277,10 +295,10 @@ def set_up(cfg: TrainConfig, resumed: tuple[Path, RunState] | None, datasets: tu
         nets.resnet.requires_grad_(False)
     optimizer, schedule = make_optimizer(cfg, nets)
     phase = RLPhase(cfg, nets, procs, testloader, layout, amp_dtype(cfg.amp, device), optimizer, schedule)
-    first_epoch = resumed[1].first_epoch if resumed else nets.start_epoch
+    first_epoch = resumed.state.first_epoch if resumed else nets.start_epoch
     run = Run(Path(cfg.cv_dir), procs, {**cfg.flags(), "policy_start": nets.policy_start,
                                         "processes": procs.world_size},
               first_epoch, nets.start_epoch, first_epoch + cfg.max_epochs, nets.base)
     if resumed:  # the random streams go on where the run left them
-        resumed[1].restore_rng(procs.rank, procs.world_size)
+        resumed.state.restore_rng(procs.rank, procs.world_size)
     return run, phase, trainloader

@@ -32,20 +32,13 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, Subset
 
-from engine import policy_stats, predict
+from evaluation import policy_stats, predict
 from models import BlockDrop, build_agent, build_resnet, get_config
 from utils.checkpoints import load_trained
-from utils.cli import (
-    ArgumentParser,
-    BlockDropError,
-    add_device_flag,
-    add_model_flag,
-    choose_device,
-    nonnegative_int,
-    positive_int,
-    run_cli,
-)
+from utils.cli import ArgumentParser, add_device_flag, add_model_flag, nonnegative_int, positive_int, run_cli
 from utils.data import get_datasets
+from utils.distributed import choose_device
+from utils.errors import BlockDropError
 from utils.files import output_file, writable_folder, write_json
 from utils.plots import (
     blocks_hist_figure,
@@ -89,7 +82,7 @@ def get_args_parser() -> ArgumentParser:
 def collect_policies(agent, resnet, dataset, device: torch.device, limit: int | None = None,
                      batch_size: int = 256, workers: int = 0) -> dict:
     """Greedy policy, prediction and correctness of each test image (in dataset order).
-    Returns CPU tensors: ``policies`` N x K (int8), ``blocks_used`` N, ``correct`` N (bool),
+    Returns CPU tensors: ``policies`` N x num_blocks (int8), ``blocks_used`` N, ``correct`` N (bool),
     ``targets`` N, ``preds`` N."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=workers)

@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's mo
 
 from models import build_agent, build_resnet, get_config
 from rl import RLConfig, train_step
-from utils.cli import choose_device
-from utils.distributed import Processes, setup
+from utils.distributed import Processes, choose_device, setup
 from utils.runtime import parallelize
 
 

@@ -63,7 +63,9 @@ from gpu_check_numerics import (
 )
 from gpu_check_speed import COMPILED, compile_speed, data_path_speed, inference_speed, step_speed
 from models import CONFIGS
-from utils.cli import ArgumentParser, BlockDropError, choose_device
+from utils.cli import ArgumentParser
+from utils.distributed import choose_device
+from utils.errors import BlockDropError
 
 SECTIONS = ["forward", "steps", "amp", "loader", "torchrun", "speed", "compile"]
 TOTAL_SECONDS = 450  # torch.compile, the last section, gets at most what is left of this

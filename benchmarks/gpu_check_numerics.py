@@ -210,11 +210,11 @@ def one_step(agent: nn.Module, resnet: nn.Module, x: torch.Tensor, y: torch.Tens
         resnet.requires_grad_(False)
     params = list(agent.parameters()) + (list(resnet.parameters()) if joint else [])
     optimizer = torch.optim.Adam(params, lr=1e-4)
-    learned = agent.num_blocks if joint else max(1, agent.num_blocks // 2)  # a curriculum forces a prefix on
+    decided = agent.num_blocks if joint else max(1, agent.num_blocks // 2)  # a curriculum forces a prefix on
     rl = RLConfig(alpha=0.8, penalty=-5.0, joint=joint)
     with shared_draws(seed=3), float32_exact():
         out = train_step(agent, resnet, x.to(device, dtype).contiguous(memory_format=layout), y.to(device),
-                         optimizer, learned, rl)
+                         optimizer, decided, rl)
     return {"loss": torch.tensor(out["loss"]), "policy": out["policy"].cpu(), "grads": [p.grad for p in params]}
 
 

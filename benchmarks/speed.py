@@ -35,9 +35,11 @@ from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_confi
 from rl import RLConfig, train_step
 from speed_data import data_path_rows, data_path_table
 from utils.checkpoints import load_blockdrop
-from utils.cli import ArgumentParser, add_device_flag, choose_device
+from utils.cli import ArgumentParser, add_device_flag
 from utils.data import get_datasets
+from utils.distributed import choose_device
 from utils.flops import agent_flops, policy_flops, resnet_flop_table
+from utils.runstate import named_checkpoints
 from utils.timing import seconds_per_image, synchronize
 
 LEVELS = [0.25, 0.3, 0.5, 0.75, 1.0]  # 30%: the level of the tables in docs/speed.md
@@ -342,7 +344,7 @@ def main(args: argparse.Namespace) -> str:
             print(f"inference: R101_ImgNet, batch {batch}", flush=True)
             inference += inference_rows("R101_ImgNet", batch, images, 1, device)
     digits = Path(args.digits_checkpoint) if args.digits_checkpoint else next(
-        iter(sorted(Path("cv/demo/sweep/penalty_-5").glob("ckpt_E_*.t7"))), None)
+        iter(named_checkpoints("cv/demo/sweep/penalty_-5")), None)
     if digits is not None and digits.is_file():
         print(f"inference: the trained digits model {digits}", flush=True)
         inference += digits_rows(digits, [1, 256], {1: one_image, 256: 256}, repeats, device)

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torchvision.models import ResNet50_Weights, ResNet101_Weights
-
 from .baselines import POLICY_SOURCES, DistributeK, FirstK, FixedPolicy, RandomK, distribute, fixed_policy
 from .blockdrop import BlockDrop
 from .keys import to_flat_keys, to_standard_keys
-from .policy import RESNET18_WEIGHTS, PolicyNet, cifar_policy, force_prefix, greedy_policy, imagenet_policy
+from .policy import PolicyNet, cifar_policy, force_prefix, greedy_policy, imagenet_policy, resnet18_weights
 from .resnet import IMAGENET_LAYERS, BasicBlock, Bottleneck, FlatResNet, cifar_resnet, imagenet_resnet
 
 __all__ = [
     "CONFIGS", "ModelConfig", "get_config", "build_resnet", "build_agent", "BlockDrop",
-    "FlatResNet", "PolicyNet", "BasicBlock", "Bottleneck", "RESNET18_WEIGHTS",
+    "FlatResNet", "PolicyNet", "BasicBlock", "Bottleneck", "resnet18_weights",
     "greedy_policy", "force_prefix", "to_flat_keys", "to_standard_keys",
     "POLICY_SOURCES", "FixedPolicy", "FirstK", "RandomK", "DistributeK", "distribute", "fixed_policy",
 ]
+
+
+# torchvision's ImageNet weights (IMAGENET1K_V1) that serve as the ImageNet bases, by their file's address:
+# named here so that the registry does not import torchvision (the tests check them against torchvision's).
+TORCHVISION_BASES = {
+    "R101_ImgNet": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+    "R50_ImgNet": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+}
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ CONFIGS: dict[str, ModelConfig] = {
         ModelConfig("R110_C100", "C100", "cifar", 110, 100, "R110_C100/pk_E_160_A_0.723.t7"),
         ModelConfig("R101_ImgNet", "ImgNet", "imagenet", 101, 1000,
                     "R101_ImgNet/ImageNet_R101_224_76.464", _IMAGENET_NORM,
-                    torchvision_base=ResNet101_Weights.IMAGENET1K_V1.url),
+                    torchvision_base=TORCHVISION_BASES["R101_ImgNet"]),
         # UCI handwritten digits (scikit-learn ships them), 32x32: runs offline on a CPU.
         # No released base: pretrain.py writes pk_E_<epoch>_A_<acc>.t7 in this folder.
         ModelConfig("R32_Digits", "Digits", "cifar", 32, 10, "R32_Digits/pk_E_<epoch>_A_<acc>.t7"),
@@ -77,7 +83,7 @@ CONFIGS: dict[str, ModelConfig] = {
         *[ModelConfig(f"R{depth}_C10", "C10", "cifar", depth, 10, f"R{depth}_C10/pk_E_<epoch>_A_<acc>.t7")
           for depth in (20, 44, 56)],
         ModelConfig("R50_ImgNet", "ImgNet", "imagenet", 50, 1000, "R50_ImgNet/pk_E_<epoch>_A_<acc>.t7", _IMAGENET_NORM,
-                    torchvision_base=ResNet50_Weights.IMAGENET1K_V1.url),
+                    torchvision_base=TORCHVISION_BASES["R50_ImgNet"]),
         # Fashion-MNIST (utils.fashion): the 28x28 gray images padded to 32x32 and repeated to three
         # channels, so these are the CIFAR ResNets as they are (keys, policy network, FLOPs). No released bases.
         *[ModelConfig(f"R{depth}_Fashion", "Fashion", "cifar", depth, 10, f"R{depth}_Fashion/pk_E_<epoch>_A_<acc>.t7",
@@ -101,7 +107,7 @@ def build_resnet(config: ModelConfig) -> FlatResNet:
 
 def build_agent(config: ModelConfig) -> PolicyNet:
     """The policy network, from random weights (the ImageNet one's ResNet-18
-    start is loaded by ``utils.checkpoints.load_policy_start``)."""
+    start is loaded by ``utils.bases.load_policy_start``)."""
     if config.arch == "cifar":
         return cifar_policy(config.num_blocks)
     return imagenet_policy(config.num_blocks)

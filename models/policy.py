@@ -1,9 +1,9 @@
 """Policy networks: look at the image once, give a keep-probability per block.
 
 The agent is a small ResNet (``features``) whose pooled feature feeds
-``logit`` (K keep-probabilities after a sigmoid) and ``vnet`` (a value head
+``logit`` (num_blocks keep-probabilities after a sigmoid) and ``vnet`` (a value head
 that the loss does not use, kept because the authors' checkpoints carry it and
-its cost is part of the reported FLOPs). A policy u in {0,1}^K says which
+its cost is part of the reported FLOPs). A policy u in {0,1}^num_blocks says which
 blocks run; the greedy policy keeps a block when its probability is >= 0.5.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models import ResNet18_Weights, resnet18
 
 from .resnet import BasicBlock, FlatResNet
 
@@ -31,7 +30,7 @@ class PolicyNet(nn.Module):
         return self.logit.out_features
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (keep_prob: B x K in (0, 1), value: B x 1)."""
+        """Returns (keep_prob: B x num_blocks in (0, 1), value: B x 1)."""
         if self.input_pool > 1:
             x = F.avg_pool2d(x, self.input_pool)
         feature = self.features.forward_features(x)
@@ -43,11 +42,11 @@ def greedy_policy(keep_prob: torch.Tensor) -> torch.Tensor:
     return (keep_prob >= 0.5).to(keep_prob.dtype)
 
 
-def force_prefix(policy: torch.Tensor, learned: int) -> torch.Tensor:
-    """Set the first K - learned entries of each policy to 1 (a copy): the
+def force_prefix(policy: torch.Tensor, decided: int) -> torch.Tensor:
+    """Set the first num_blocks - decided entries of each policy to 1 (a copy): the
     curriculum's blocks that the policy does not decide yet."""
     policy = policy.clone()
-    policy[:, : policy.shape[1] - learned] = 1
+    policy[:, : policy.shape[1] - decided] = 1
     return policy
 
 
@@ -66,8 +65,13 @@ def cifar_policy(num_blocks: int) -> PolicyNet:
     return PolicyNet(_features_without_fc(BasicBlock, [1, 1, 1], 10, style="cifar"), num_blocks)
 
 
-# The ImageNet policy network's stages start from these weights (see utils.checkpoints.load_policy_start).
-RESNET18_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
+def resnet18_weights():
+    """torchvision's ResNet-18 ImageNet weights, from which the ImageNet policy
+    network's stages start (see utils.bases.load_policy_start); torchvision is
+    imported here, where the ImageNet policy needs it, and not by the registry."""
+    from torchvision.models import ResNet18_Weights
+
+    return ResNet18_Weights.IMAGENET1K_V1
 
 
 def imagenet_policy(num_blocks: int) -> PolicyNet:
@@ -77,7 +81,9 @@ def imagenet_policy(num_blocks: int) -> PolicyNet:
     The original built torchvision's ResNet-18 here to take its ImageNet
     weights; it is built here too, in the same place, so that a seeded run
     draws the same random numbers. The weights themselves are loaded by
-    ``utils.checkpoints.load_policy_start``."""
+    ``utils.bases.load_policy_start``."""
     features = _features_without_fc(BasicBlock, [1, 1, 1, 1], 1000, style="imagenet", pool_size=4)
+    from torchvision.models import resnet18
+
     resnet18()  # for the random stream only
     return PolicyNet(features, num_blocks, input_pool=2)

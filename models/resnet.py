@@ -9,7 +9,7 @@ of that stage) and a head. Block t of the flat order runs as
 
 where ``shortcut`` is ``ds[stage]`` for the first block of a stage and the
 identity otherwise (BlockDrop, SPEC section 3). One block loop,
-``run_blocks``, runs a policy in each execution mode: every block, the batched
+``run_blocks``, runs a policy in each execution: every block, the batched
 masked form of training, each block on the images that keep it (per image, in
 batches), and the kept blocks of one shared policy.
 """
@@ -192,38 +192,38 @@ class FlatResNet(nn.Module):
         return self.fc(x) if self.fc is not None else x
 
     # --- the block loop ---------------------------------------------------
-    def run_blocks(self, x: torch.Tensor, policy: torch.Tensor | None, mode: str) -> torch.Tensor:
-        """The residual blocks on the stem's output ``x``, under one execution mode:
+    def run_blocks(self, x: torch.Tensor, policy: torch.Tensor | None, execution: str) -> torch.Tensor:
+        """The residual blocks on the stem's output ``x``, under one ``execution``:
 
         - ``"full"``: every block (``policy`` is None);
-        - ``"masked"``: ``policy`` is B x K (0/1); a block that any image keeps
+        - ``"masked"``: ``policy`` is B x num_blocks (0/1); a block that any image keeps
           runs on the whole batch and ``x = u * relu(shortcut + f(x)) + (1 - u) * shortcut``
           per image, the training form of the paper;
-        - ``"per_image"``: ``policy`` is B x K; each block runs only on the
+        - ``"per_image"``: ``policy`` is B x num_blocks; each block runs only on the
           images that keep it (their rows are gathered, run and put back), the
           shortcut applies to every image: the masked form's result for the
           compute of the kept blocks alone;
-        - ``"kept"``: ``policy`` is one length-K vector shared by the batch and
+        - ``"kept"``: ``policy`` is one num_blocks-long vector shared by the batch and
           only its kept blocks run (profiling one image at a time).
 
-        In every mode a block that no image keeps is not run at all, in train
+        In every execution a block that no image keeps is not run at all, in train
         mode as in eval mode, as the original does: its BN running statistics
         stay as they were and it gets no new gradient. With gradients off,
         ``x`` may be updated in place."""
-        if mode == "full":
+        if execution == "full":
             runs = [True] * self.num_blocks
-        elif mode in ("masked", "per_image", "kept"):
-            self._check_policy(policy, batched=mode != "kept")
+        elif execution in ("masked", "per_image", "kept"):
+            self._check_policy(policy, batched=execution != "kept")
             keep = policy.detach().bool().cpu()  # the one host synchronisation
-            runs = (keep.any(0) if mode != "kept" else keep).tolist()
+            runs = (keep.any(0) if execution != "kept" else keep).tolist()
         else:
-            raise ValueError(f"unknown execution mode {mode!r}")
-        rows = self._kept_rows(keep, x.device) if mode == "per_image" else [None] * self.num_blocks
+            raise ValueError(f"unknown execution {execution!r}")
+        rows = self._kept_rows(keep, x.device) if execution == "per_image" else [None] * self.num_blocks
         for t, (s, i) in enumerate(self.block_index):
             shortcut = self._shortcut(x, s, i)
             if not runs[t]:
                 x = shortcut
-            elif mode == "masked":
+            elif execution == "masked":
                 u = policy[:, t].to(x.dtype).view(-1, 1, 1, 1)
                 x = u * F.relu(shortcut + self.blocks[s][i](x)) + (1 - u) * shortcut
             elif rows[t] is not None:  # per image, and some images drop this block
@@ -245,15 +245,15 @@ class FlatResNet(nn.Module):
     def _shortcut(self, x: torch.Tensor, stage: int, i: int) -> torch.Tensor:
         return self.ds[stage](x) if i == 0 else x
 
-    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None, mode: str | None = None) -> torch.Tensor:
-        """Logits. Without a policy the plain ResNet. With a B x K policy the
-        ``mode`` of ``run_blocks``: by default ``"per_image"`` in eval mode (where
+    def forward(self, x: torch.Tensor, policy: torch.Tensor | None = None, execution: str | None = None) -> torch.Tensor:
+        """Logits. Without a policy the plain ResNet. With a B x num_blocks policy the
+        ``execution`` of ``run_blocks``: by default ``"per_image"`` in eval mode (where
         BatchNorm uses running statistics and it gives the masked form's logits)
         and ``"masked"``, the paper's form, in train mode."""
         if policy is None:
             return self.head(self.run_blocks(self.stem(x), None, "full"))
-        mode = mode or ("masked" if self.training else "per_image")
-        return self.head(self.run_blocks(self.stem(x), policy, mode))
+        execution = execution or ("masked" if self.training else "per_image")
+        return self.head(self.run_blocks(self.stem(x), policy, execution))
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:
         """Every block runs: the plain ResNet (kept: the original's public API, as ``forward_single``)."""

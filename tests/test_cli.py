@@ -8,6 +8,7 @@ import re
 import pytest
 
 from conftest import assert_one_line_error, run_main
+from utils.config import TrainConfig
 from utils.pipeline import load_script
 
 SCRIPTS = ["cl_training", "finetune", "test", "pretrain", "sweep", "visualize", "demo", "convert_base", "reproduce"]
@@ -48,3 +49,18 @@ def test_a_negative_number_is_taken_in_any_form_a_user_types(typed):
 def test_a_negative_infinity_is_read_as_a_number_and_refused_as_one(tmp_path):
     line = assert_one_line_error(run_main(load_script("finetune"), "--penalty", "-inf", cwd=tmp_path))
     assert "--penalty" in line and "finite" in line
+
+
+@pytest.mark.parametrize("flag,value", [("--cl_step", "3"), ("--beta", "0.5")])
+def test_finetune_has_no_curriculum_flags_as_the_original_had_none(tmp_path, flag, value):
+    line = assert_one_line_error(run_main(load_script("finetune"), flag, value, cwd=tmp_path))
+    assert flag in line and "unrecognized" in line
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert load_script("cl_training").get_args_parser().parse_args([flag, value])
+
+
+def test_args_txt_records_only_the_flags_of_the_script_that_ran():
+    finetuning, curriculum = TrainConfig(joint=True).flags(), TrainConfig(joint=False).flags()
+    assert not {"beta", "cl_step"} & finetuning.keys()
+    assert {"pretrained", "per_image", "policy", "k"} <= finetuning.keys()
+    assert {"beta", "cl_step"} <= curriculum.keys() and not {"pretrained", "policy"} & curriculum.keys()

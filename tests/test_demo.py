@@ -92,7 +92,7 @@ def test_a_new_demo_run_sets_the_earlier_results_aside_without_losing_them(tmp_p
     for text in ("first run", "second run"):
         out.mkdir()
         (out / "report.txt").write_text(text)
-        kept.append(demo.set_aside(out))
+        kept.append(demo.set_aside_results(out))
         assert not out.exists()
     assert kept[0] != kept[1] and kept[0].parent == kept[1].parent == tmp_path
     assert [(k / "report.txt").read_text() for k in kept] == ["first run", "second run"]

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import cifar_folder, run_main, script_env
-from engine import evaluate
+from evaluation import evaluate
 from models import build_agent, build_resnet, get_config
 from utils.bases import load_base
 from utils.checkpoints import load_blockdrop_checkpoint
@@ -54,7 +54,7 @@ def runs(tmp_path_factory):
     return {"tmp": tmp, "cl": cl, "ft": ft}
 
 
-def one_process_evaluation(ckpt: Path, learned: int, tmp: Path) -> dict:
+def one_process_evaluation(ckpt: Path, decided: int, tmp: Path) -> dict:
     cfg = get_config("R32_C10")
     agent, resnet = build_agent(cfg), build_resnet(cfg)
     obj = load_blockdrop_checkpoint(ckpt, cfg.name, agent, resnet)
@@ -62,7 +62,7 @@ def one_process_evaluation(ckpt: Path, learned: int, tmp: Path) -> dict:
         load_base(resnet, tmp / "base.t7", cfg.name)
     _, testset = get_datasets(cfg, tmp / "data")
     loader = DataLoader(WithIndex(testset), batch_size=3)
-    return evaluate(agent, resnet, loader, torch.device("cpu"), learned, obj["args"]["penalty"])
+    return evaluate(agent, resnet, loader, torch.device("cpu"), decided, obj["args"]["penalty"])
 
 
 @pytest.mark.slow
@@ -97,8 +97,8 @@ def test_one_set_of_files_and_log_lines_with_every_image_counted_once(runs, phas
 @pytest.mark.parametrize("phase", ["cl", "ft"])
 def test_the_sharded_evaluation_equals_one_processs(runs, phase):
     ckpt = next((runs["tmp"] / "cv" / phase).glob("ckpt_E_0_*.t7"))
-    learned = 1 if phase == "cl" else 15  # the curriculum's epoch 0 decides the last block only
-    one = one_process_evaluation(ckpt, learned, runs["tmp"])
+    decided = 1 if phase == "cl" else 15  # the curriculum's epoch 0 decides the last block only
+    one = one_process_evaluation(ckpt, decided, runs["tmp"])
     test_row = json.loads((runs["tmp"] / "cv" / phase / "metrics.jsonl").read_text().splitlines()[1])
     for key in ("acc", "reward", "blocks", "blocks_std", "unique", "images"):
         assert test_row[key] == one[key], key

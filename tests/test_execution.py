@@ -37,8 +37,8 @@ def _per_image_case(name: str):
 @pytest.mark.parametrize("name", SPEC_MODELS)
 def test_per_image_execution_gives_the_masked_forms_logits(name):
     net, x, policies = _per_image_case(name)
-    masked = net(x, policies, mode="masked")
-    per_image = net(x, policies, mode="per_image")
+    masked = net(x, policies, execution="masked")
+    per_image = net(x, policies, execution="per_image")
     assert torch.allclose(per_image, masked, rtol=1e-4, atol=1e-5)
     assert torch.equal(net(x, policies), per_image)  # the default in eval mode
     for i in range(len(x)):
@@ -64,10 +64,10 @@ def test_per_image_execution_gives_the_masked_forms_gradients():
     net, x, policies = _per_image_case("R32_C10")
     net, x, policies = net.double(), x.double(), policies.double()
     grads = {}
-    for mode in ("masked", "per_image"):
+    for execution in ("masked", "per_image"):
         net.zero_grad(set_to_none=True)
-        net(x, policies, mode=mode).square().sum().backward()
-        grads[mode] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        net(x, policies, execution=execution).square().sum().backward()
+        grads[execution] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
     assert grads["masked"].keys() == grads["per_image"].keys()
     for name, grad in grads["masked"].items():
         assert torch.allclose(grads["per_image"][name], grad, rtol=1e-9, atol=1e-9), name
@@ -77,7 +77,7 @@ def test_per_image_execution_gives_the_masked_forms_gradients():
 def test_per_image_execution_keeps_a_channels_last_layout_and_the_logits(grad):
     net, x, policies = _per_image_case("R32_C10")
     with torch.set_grad_enabled(grad):
-        expected = net(x, policies, mode="masked")
+        expected = net(x, policies, execution="masked")
         net = net.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
         seen = []

@@ -28,7 +28,7 @@ from conftest import (
     write_cifar10,
 )
 from models import build_agent, get_config
-from models.policy import RESNET18_WEIGHTS, imagenet_policy
+from models.policy import imagenet_policy, resnet18_weights
 from models.resnet import BasicBlock, FlatResNet
 from utils import BlockDropError, find_default_base, load_base, load_state_file, read_cifar_batches
 from utils.bases import load_policy_start, resnet18_file
@@ -81,7 +81,7 @@ def test_imagenet_policy_starts_from_resnet18_weights_through_torchvisions_weigh
     assert torch.equal(sd["features.conv1.weight"], tv_state["conv1.weight"])
     for s in range(4):
         assert torch.equal(sd[f"features.blocks.{s}.0.conv2.weight"], tv_state[f"layer{s + 1}.0.conv2.weight"])
-    assert RESNET18_WEIGHTS.name in agent.start and str(cached) in agent.start
+    assert resnet18_weights().name in agent.start and str(cached) in agent.start
 
 
 def test_imagenet_policy_without_the_weights_says_so_in_one_line_and_where_to_put_them(tmp_path, monkeypatch,

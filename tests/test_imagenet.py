@@ -89,3 +89,13 @@ def test_r101_imagenet_curriculum_finetuning_and_profile_run_end_to_end(tmp_path
     figures = json.loads((tmp_path / "profile.json").read_text())
     assert figures["images"] == 4 and figures["num_blocks"] == 33 and "Time/img" in profile.stdout
     assert 0 <= figures["block_usage"] <= 33 and figures["policy_flops"] == 471_918_592
+
+
+def test_the_registrys_imagenet_bases_are_torchvisions_weights():
+    from torchvision.models import ResNet50_Weights, ResNet101_Weights
+
+    from models import TORCHVISION_BASES
+
+    assert TORCHVISION_BASES == {"R101_ImgNet": ResNet101_Weights.IMAGENET1K_V1.url,
+                                 "R50_ImgNet": ResNet50_Weights.IMAGENET1K_V1.url}
+    assert get_config("R50_ImgNet").torchvision_base == TORCHVISION_BASES["R50_ImgNet"]

@@ -387,7 +387,7 @@ def test_masked_form_skips_a_block_no_image_keeps_in_train_and_eval_mode(mode):
 
 
 @torch.no_grad()
-def test_masked_form_gives_the_outputs_of_running_only_the_kept_blocks():
+def test_masked_form_gives_the_outputs_of_running_only_the_kept_blocks_and_refuses_a_policy_of_another_length():
     torch.manual_seed(3)
     net = randomize_bn(build_resnet(get_config("R32_C10")).double(), seed=3).eval()
     x = _images(3, 32, 21)
@@ -398,6 +398,10 @@ def test_masked_form_gives_the_outputs_of_running_only_the_kept_blocks():
     batched = net(x, policies)
     for i in range(3):
         assert torch.allclose(batched[i:i + 1], net.forward_single(x[i:i + 1], policies[i]), atol=1e-10)
+    with pytest.raises(ValueError):
+        net.forward_single(x[:1], torch.ones(14, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        net(x[:1], torch.ones(1, 54, dtype=torch.float64))
 
 
 @torch.no_grad()
@@ -429,19 +433,9 @@ def test_imagenet_dropped_first_blocks_still_apply_their_conv_shortcut(small_ima
     assert torch.allclose(batched[2:3], expected, atol=1e-10)
 
 
-@torch.no_grad()
-def test_policy_of_the_wrong_length_is_rejected(r32):
-    x = _images(1, 32, 22)
-    with pytest.raises(ValueError):
-        r32.forward_single(x, torch.ones(14, dtype=torch.float64))
-    with pytest.raises(ValueError):
-        r32(x, torch.ones(1, 54, dtype=torch.float64))
-
-
 def test_train_mode_masked_form_of_one_image_equals_running_only_its_kept_blocks():
-    """In train mode BN normalises with the batch's statistics: for a batch of one
-    image the masked form and the one-image path see the same batch, so their
-    logits, and the BN running statistics they leave, are the same."""
+    """Train mode, one image: the masked form and the one-image path see the same
+    batch, so their logits and the BN running statistics they leave agree."""
     torch.manual_seed(5)
     masked = randomize_bn(build_resnet(get_config("R32_C10")).double(), seed=5).train()
     single = copy.deepcopy(masked)

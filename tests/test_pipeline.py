@@ -12,23 +12,23 @@ import pytest
 import utils.pipeline
 from conftest import ROOT
 from utils import BlockDropError
-from utils.pipeline import cached, content_sha256, load_script, run_step, run_training
+from utils.pipeline import cached, content_sha256, load_script, run_script, run_training
 
 SCRIPTS = {path.stem for path in ROOT.glob("*.py") if 'if __name__ == "__main__":' in path.read_text()}
 
 
-def test_run_step_prints_the_command_then_runs_the_scripts_main_on_its_flags(capsys, monkeypatch):
+def test_run_script_prints_the_command_then_runs_the_scripts_main_on_its_flags(capsys, monkeypatch):
     sweep = load_script("sweep.py")
     assert sweep is load_script("sweep")  # one module, however it is named
     monkeypatch.setattr(sweep, "main", lambda args: {"parsed": args})
-    result = run_step("sweep.py", ["--pretrained", "cl.t7", "--penalties", -1, -5])
+    result = run_script("sweep.py", ["--pretrained", "cl.t7", "--penalties", -1, -5])
     assert capsys.readouterr().out == "\n$ python sweep.py --pretrained cl.t7 --penalties -1 -5\n"
     assert result["parsed"].penalties == [-1.0, -5.0] and result["parsed"].model == "R32_Digits"
 
 
-def test_run_step_answers_a_bad_flag_as_the_command_line_does(capsys):
+def test_run_script_answers_a_bad_flag_as_the_command_line_does(capsys):
     with pytest.raises(SystemExit) as exit_:
-        run_step("sweep.py", ["--model", "R32_Digits"])  # --pretrained is required
+        run_script("sweep.py", ["--model", "R32_Digits"])  # --pretrained is required
     assert exit_.value.code == 2 and "--pretrained" in capsys.readouterr().err
 
 
@@ -73,7 +73,7 @@ def test_a_damaged_record_runs_the_step_again(tmp_path, monkeypatch, content):
     folder.mkdir()
     for name in ("step.json", "started.json"):
         (folder / name).write_bytes(content.replace(b"report", b"result"))
-    monkeypatch.setattr(utils.pipeline, "run_step", lambda script, argv: calls.append(argv) or {"acc": 0.25})
+    monkeypatch.setattr(utils.pipeline, "run_script", lambda script, argv: calls.append(argv) or {"acc": 0.25})
     assert run_training(folder, "finetune.py", ["--lr", 1], {"lr": 1}) == {"acc": 0.25}
     assert calls[1] == ["--lr", "1"]  # no run files there: run afresh, with no --resume or --restart
     assert run_training(folder, "finetune.py", ["--lr", 1], {"lr": 1}) == {"acc": 0.25} and len(calls) == 2

@@ -198,7 +198,7 @@ def test_learning_rate_follows_the_originals_step_schedule_from_any_start_epoch(
     agent = build_agent(get_config("R32_C10"))
     for start in (0, 4):
         config = TrainConfig(joint=False, model="R32_C10", lr=3e-3, lr_decay_ratio=0.1, epoch_step=3)
-        nets = Networks(agent, build_resnet(get_config("R32_C10")), start, None, None, "random init", None)
+        nets = Networks(agent, build_resnet(get_config("R32_C10")), start_epoch=start, policy_start="random init")
         optimizer, schedule = make_optimizer(config, nets)
         for epoch in range(start, 10):
             assert optimizer.param_groups[0]["lr"] == 3e-3 * 0.1 ** (epoch // 3), epoch  # the original's formula

@@ -105,7 +105,7 @@ def test_a_base_resnet_step_runs_under_bfloat16_and_channels_last(precision, lay
         memory_format=torch.channels_last))))
     x, y = batch(16, layout)
     phase.begin_epoch(1)
-    losses = [phase.step(x, y)["loss"].mean().item() for _ in range(8)]  # the same batch, 8 steps
+    losses = [phase.train_batch(x, y)["loss"].mean().item() for _ in range(8)]  # the same batch, 8 steps
     assert dtypes[0] == (precision or torch.float32, layout == torch.channels_last)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     assert all(p.dtype == torch.float32 for p in resnet.parameters())

@@ -34,7 +34,7 @@ def sweep_files(tmp_path, monkeypatch):
         return {"accuracy": 0.95, "flops": 1.6e8, "full_resnet_flops": 1.38e8}
 
     monkeypatch.setattr(sweep, "finetune_and_profile", fake_finetune)
-    monkeypatch.setattr(sweep, "profile", fake_profile)
+    monkeypatch.setattr(sweep, "run_test_script", fake_profile)
     argv = ["--pretrained", str(cl), "--base", str(base), "--cv_dir", str(tmp_path / "sweep"),
             "--penalties", "-1", "-5", "--max_epochs", "2"]
     return {"argv": argv, "calls": calls, "cl": cl, "tmp": tmp_path}

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 import cl_training
 from models import build_agent, build_resnet, force_prefix, get_config
-from rl import RLConfig, exploration_prob, learned_blocks, policy_loss, reward, train_step
+from rl import RLConfig, decided_blocks, exploration_prob, policy_loss, reward, train_step
 from training import fit
 from utils import parse_checkpoint_name, to_standard_keys
 from utils.config import TrainConfig
@@ -44,8 +44,8 @@ def test_self_critical_advantage_compares_sample_with_greedy_baseline():
 
 
 def test_curriculum_hands_the_last_blocks_to_the_policy_one_per_epoch():
-    assert [learned_blocks(e, 15) for e in (0, 1, 13, 14, 99)] == [1, 2, 14, 15, 15]
-    assert learned_blocks(2, 54, cl_step=5) == 15
+    assert [decided_blocks(e, 15) for e in (0, 1, 13, 14, 99)] == [1, 2, 14, 15, 15]
+    assert decided_blocks(2, 54, cl_step=5) == 15
     assert force_prefix(torch.zeros(2, 5), 2).tolist() == [[1, 1, 1, 0, 0]] * 2
 
 
@@ -60,26 +60,26 @@ def test_curriculum_step_forces_prefix_masks_its_gradient_and_freezes_the_resnet
     agent = build_agent(get_config("R32_C10"))
     resnet.requires_grad_(False)
     before = copy.deepcopy(resnet.state_dict())
-    learned = 6
+    decided = 6
     seen = {}
     real_forward = resnet.forward
 
-    def spy(inputs, policy=None, mode=None):
+    def spy(inputs, policy=None, execution=None):
         seen.setdefault("policies", []).append(policy.clone())
-        seen.setdefault("modes", []).append(mode)
-        return real_forward(inputs, policy, mode)
+        seen.setdefault("executions", []).append(execution)
+        return real_forward(inputs, policy, execution)
 
     resnet.forward = spy
     opt = torch.optim.SGD(agent.parameters(), lr=0.0)  # lr 0: inspect the gradient only
-    out = train_step(agent, resnet, x, y, opt, learned, RLConfig(beta=0.0))
+    out = train_step(agent, resnet, x, y, opt, decided, RLConfig(beta=0.0))
     greedy_policy, sampled_policy = seen["policies"]
-    assert seen["modes"] == [None, None] and not resnet.training  # the frozen ResNet runs per image
+    assert seen["executions"] == [None, None] and not resnet.training  # the frozen ResNet runs per image
     for policy in (greedy_policy, sampled_policy, out["policy"]):
-        assert torch.all(policy[:, : 15 - learned] == 1)
-    # with no entropy bonus the forced-on blocks get no gradient, the learned ones do
-    assert torch.all(agent.logit.weight.grad[: 15 - learned] == 0)
-    assert torch.all(agent.logit.bias.grad[: 15 - learned] == 0)
-    assert agent.logit.bias.grad[15 - learned:].abs().sum() > 0
+        assert torch.all(policy[:, : 15 - decided] == 1)
+    # with no entropy bonus the forced-on blocks get no gradient, the decided ones do
+    assert torch.all(agent.logit.weight.grad[: 15 - decided] == 0)
+    assert torch.all(agent.logit.bias.grad[: 15 - decided] == 0)
+    assert agent.logit.bias.grad[15 - decided:].abs().sum() > 0
     after = resnet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # bitwise, BN statistics included
 

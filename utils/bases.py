@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models import RESNET18_WEIGHTS, PolicyNet, to_flat_keys
+from models import PolicyNet, resnet18_weights, to_flat_keys
 
-from .cli import BlockDropError, downloads_allowed
 from .distributed import main_print
-from .files import converted_path, first_line, load_state_file
+from .errors import BlockDropError
+from .files import converted_path, downloads_allowed, first_line, load_state_file
 
 PRETRAINED_DIR = Path("cv/pretrained")  # relative to the working directory, as in the original
 BASE_PATTERN = re.compile(r"pk_E_(?P<epoch>\d+)_A_(?P<acc>[0-9.]+)\.t7$")
@@ -176,7 +176,7 @@ def load_base_for(resnet: nn.Module, config, given: str | None = None, recorded:
 # --------------------------------------------------------------------------
 def resnet18_file() -> Path:
     """Where torchvision's weights API keeps the ResNet-18 ImageNet weights."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(RESNET18_WEIGHTS.url).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(resnet18_weights().url).name
 
 
 def _resnet18_state(source: bool | Path) -> tuple[dict | None, str]:
@@ -186,8 +186,8 @@ def _resnet18_state(source: bool | Path) -> tuple[dict | None, str]:
     if not resnet18_file().is_file() and not downloads_allowed():
         return None, "downloads are switched off"
     try:
-        state = RESNET18_WEIGHTS.get_state_dict(progress=False, check_hash=True, weights_only=True)
-        return state, f"torchvision ResNet-18 {RESNET18_WEIGHTS.name} ({resnet18_file()})"
+        state = resnet18_weights().get_state_dict(progress=False, check_hash=True, weights_only=True)
+        return state, f"torchvision ResNet-18 {resnet18_weights().name} ({resnet18_file()})"
     except (OSError, RuntimeError, pickle.UnpicklingError) as exc:  # no network, bad hash, damaged file
         return None, first_line(exc)
 
@@ -204,7 +204,7 @@ def load_policy_start(agent: PolicyNet, source: bool | Path = True) -> str:
         agent.start = f"random init: torchvision's ResNet-18 ImageNet weights not available ({how})"
         print(f"note: the R101 policy network starts from random weights: torchvision's ResNet-18 "
               f"ImageNet weights are not available ({how}); put {resnet18_file().name} "
-              f"(from {RESNET18_WEIGHTS.url}) in {resnet18_file().parent}/ to start as the original does",
+              f"(from {resnet18_weights().url}) in {resnet18_file().parent}/ to start as the original does",
               file=sys.stderr)
         return agent.start
     flat, wanted = to_flat_keys(state), agent.features.state_dict()

@@ -1,10 +1,9 @@
-"""BlockDrop checkpoints: the authors' file names, reading a checkpoint's agent
+"""BlockDrop checkpoints (their names are ``utils.runstate``'s): reading a checkpoint's agent
 (and ResNet, when finetuned), and "a checkpoint, then its base": the one way
 the scripts and ``load_blockdrop`` get a trained model."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -13,32 +12,8 @@ import torch.nn as nn
 from models import BlockDrop, build_agent, build_resnet, fixed_policy, get_config
 
 from .bases import load_base_for, load_weights, same_configuration
-from .cli import BlockDropError
+from .errors import BlockDropError
 from .files import load_state_file
-
-CKPT_PATTERN = re.compile(
-    r"ckpt_E_(?P<epoch>\d+)_A_(?P<acc>[0-9.]+)_R_(?P<reward>[-+0-9.E]+)"
-    r"_S_(?P<blocks>[0-9.]+)_#_(?P<unique>\d+)\.t7$"
-)
-
-
-def checkpoint_name(epoch: int, acc: float, reward: float, blocks: float, unique: int) -> str:
-    """The authors' name: ``ckpt_E_{epoch}_A_{acc}_R_{reward}_S_{blocks}_#_{unique}.t7``."""
-    return f"ckpt_E_{epoch}_A_{acc:.3f}_R_{reward:.2E}_S_{blocks:.2f}_#_{unique}.t7"
-
-
-def parse_checkpoint_name(name: str | Path) -> dict:
-    """Inverse of ``checkpoint_name`` (figures rounded as in the name)."""
-    m = CKPT_PATTERN.search(Path(name).name)
-    if not m:
-        raise ValueError(f"{name} is not named like a BlockDrop checkpoint")
-    return {"epoch": int(m["epoch"]), "acc": float(m["acc"]), "reward": float(m["reward"]),
-            "blocks": float(m["blocks"]), "unique": int(m["unique"])}
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The network inside nn.DataParallel or DistributedDataParallel: checkpoints hold no ``module.`` prefix."""
-    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
 def recorded_policy(obj: object) -> dict | None:

@@ -1,31 +1,18 @@
-"""Command-line plumbing: the project's error type, the argument parser and its
-value types, the shared training flags, running a script's ``main`` from the
-command line, and the device and seed decisions that the flags make."""
+"""Command-line plumbing: the argument parser and its value types, the shared
+flag groups, and running a script's ``main`` from the command line (an
+expected failure is one line and exit status 2)."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import random
 import re
 import sys
 from collections.abc import Callable, Sequence
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
 from models import CONFIGS, POLICY_SOURCES
 
-
-class BlockDropError(Exception):
-    """An expected failure (bad flag, missing or wrong file): the scripts print
-    its message as one line and exit with status 2."""
-
-
-class NonFinite(BlockDropError):
-    """A loss, keep-probability or weight that is nan or infinite: training stops."""
+from .errors import BlockDropError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -111,10 +98,10 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step: int, max_epochs: int,
                        penalty: float, batch_size: int = 256) -> None:
-    """The original training flags (SPEC sections 4 and 5) with their defaults, plus the new ones."""
+    """The training flags of both phases (SPEC sections 4 and 5) with their defaults, plus the new ones;
+    the curriculum's own are ``add_curriculum_flags``'s."""
     p = parser
     p.add_argument("--lr", type=positive_float, default=lr, help="learning rate")
-    p.add_argument("--beta", type=finite_float, default=1e-1, help="entropy bonus weight (curriculum only)")
     p.add_argument("--wd", type=finite_float, default=0.0, help="weight decay")
     add_model_flag(p, "R110_C10")
     p.add_argument("--data_dir", default="data/", help="data set folder")
@@ -128,7 +115,6 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
     p.add_argument("--parallel", action="store_true", default=False,
                    help="use every visible GPU of this machine with nn.DataParallel, as the original did "
                         "(torchrun with DistributedDataParallel is the faster way: see README)")
-    p.add_argument("--cl_step", type=positive_int, default=1, help="curriculum: blocks handed to the policy per epoch")
     p.add_argument("--penalty", type=finite_float, default=penalty, help="reward of a wrong prediction (gamma)")
     p.add_argument("--alpha", type=alpha_float, default=0.8, help="probability bound for exploration, in [0.5, 1]")
     add_device_flag(p)
@@ -142,6 +128,12 @@ def add_training_flags(parser: argparse.ArgumentParser, *, lr: float, epoch_step
     add_device_data_flag(p)
     add_run_folder_flags(p, resumable="--max_epochs (counted from the run's first epoch), --workers, --device, "
                                       "--parallel, --amp and --memory_format")
+
+
+def add_curriculum_flags(parser: argparse.ArgumentParser) -> None:
+    """``cl_training.py``'s own flags (``finetune.py`` has neither, as in the original)."""
+    parser.add_argument("--beta", type=finite_float, default=1e-1, help="entropy bonus weight")
+    parser.add_argument("--cl_step", type=positive_int, default=1, help="blocks handed to the policy per epoch")
 
 
 def add_run_folder_flags(parser: argparse.ArgumentParser, resumable: str) -> None:
@@ -207,42 +199,3 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         print(f"{parser.prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
 
-
-# --------------------------------------------------------------------------
-# the decisions the flags make
-# --------------------------------------------------------------------------
-def choose_device(name: str | None) -> torch.device:
-    """``--device``: default CUDA when present, else CPU."""
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise BlockDropError(f"--device {name!r} is not a device ({exc}); use cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BlockDropError(f"--device {name} asked for CUDA but no CUDA GPU is available; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise BlockDropError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return device
-
-
-def progress(iterable, desc: str):
-    """A progress bar on a terminal and on the main process; nothing in a log
-    file, where every refresh would be one more line."""
-    main = int(os.environ.get("RANK", "0")) == 0
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=not (main and sys.stderr.isatty()))
-
-
-NO_DOWNLOAD_ENV = "BLOCKDROP_NO_DOWNLOAD"  # set to 1 to never try the network
-
-
-def downloads_allowed() -> bool:
-    return os.environ.get(NO_DOWNLOAD_ENV, "") not in ("1", "true", "yes")
-
-
-def seed_everything(seed: int | None) -> None:
-    if seed is None:
-        return
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -7,8 +7,22 @@ import argparse
 from dataclasses import asdict, dataclass, fields, replace
 
 # Flags that may differ when a run is resumed: they change how long it runs, or
-# on what hardware and how fast, not the recipe.
-RESUMABLE = frozenset({"max_epochs", "workers", "device", "parallel", "amp", "memory_format"})
+# on what hardware and how fast, not the recipe. ``HARDWARE``: those of every
+# training script (``pretrain.py`` adds its ``--epochs``).
+HARDWARE = frozenset({"workers", "device", "amp", "memory_format"})
+RESUMABLE = HARDWARE | {"max_epochs", "parallel"}
+
+# The defaults that differ between the phases, the original's: cl_training.py
+# (curriculum, ``joint`` False) and finetune.py (joint finetuning). The one
+# place that states them: the scripts' flags and ``TrainConfig`` take them here.
+PHASE_DEFAULTS = {
+    False: {"lr": 1e-3, "epoch_step": 10000, "max_epochs": 10000, "penalty": -1},
+    True: {"lr": 1e-4, "epoch_step": 1600, "max_epochs": 2000, "penalty": -5},
+}
+
+# The flags of one script only: args.txt records those its script has.
+CURRICULUM_ONLY = ("beta", "cl_step")
+FINETUNING_ONLY = ("pretrained", "per_image", "policy", "k")
 
 
 @dataclass
@@ -24,15 +38,15 @@ class TrainConfig:
     load: str | None = None
     pretrained: str | None = None  # finetuning only: the curriculum checkpoint's agent
     base: str | None = None
-    lr: float = 1e-3
-    beta: float = 0.1
+    lr: float | None = None  # None: the phase's default
+    beta: float = 0.1  # curriculum only
     wd: float = 0.0
     batch_size: int = 256
-    epoch_step: int = 10000
-    max_epochs: int = 10000
+    epoch_step: int | None = None  # None: the phase's default
+    max_epochs: int | None = None  # None: the phase's default
     lr_decay_ratio: float = 0.1
-    cl_step: int = 1
-    penalty: float = -1.0
+    cl_step: int = 1  # curriculum only: blocks handed to the policy per epoch
+    penalty: float | None = None  # None: the phase's default
     alpha: float = 0.8
     parallel: bool = False
     device: str | None = None
@@ -51,6 +65,9 @@ class TrainConfig:
 
     def __post_init__(self):
         self.policy = self.policy or "learned"
+        for name, value in PHASE_DEFAULTS[self.joint].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, joint: bool) -> TrainConfig:
@@ -63,9 +80,8 @@ class TrainConfig:
         out = asdict(self)
         for name in ("joint", "resume", "restart", "given"):
             del out[name]
-        if not self.joint:  # flags of finetune.py only
-            for name in ("pretrained", "per_image", "policy", "k"):
-                del out[name]
+        for name in CURRICULUM_ONLY if self.joint else FINETUNING_ONLY:
+            del out[name]
         return out
 
     def with_flags(self, values: dict) -> TrainConfig:

@@ -21,9 +21,9 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-from .cli import NO_DOWNLOAD_ENV, BlockDropError, downloads_allowed
+from .errors import BlockDropError
 from .fashion import fashion_arrays
-from .files import atomic_write_bytes
+from .files import NO_DOWNLOAD_ENV, atomic_write_bytes, downloads_allowed
 
 # --------------------------------------------------------------------------
 # data (SPEC section 8)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torchvision import transforms as T
 
-from .cli import BlockDropError
 from .distributed import Processes
+from .errors import BlockDropError
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""Running on several processes with torchrun: initialisation from the
-environment torchrun sets, each process's device, "am I the main process", and
-gathering per-image values. One process (no torchrun) needs none of it: every
+"""Running on several processes with torchrun: the device (``--device``),
+initialisation from the environment torchrun sets, each process's device, "am
+I the main process" (``is_main_process``, the one answer), and gathering
+per-image values. One process (no torchrun) needs none of it: every
 function here then does what a single process would.
 
     torchrun --nproc_per_node 4 finetune.py ...          # four GPUs of one machine
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .cli import BlockDropError, choose_device
+from .errors import BlockDropError
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,20 @@ class Processes:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+
+def choose_device(name: str | None) -> torch.device:
+    """``--device``: default CUDA when present, else CPU."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise BlockDropError(f"--device {name!r} is not a device ({exc}); use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BlockDropError(f"--device {name} asked for CUDA but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BlockDropError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
 
 
 def launched_by_torchrun() -> bool:
@@ -66,7 +78,11 @@ def teardown(procs: Processes) -> None:
 
 
 def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """The main process: rank 0 of the started process group, else of torchrun's
+    processes (``RANK``, before the group starts or after it ends), else the one process."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def main_print(*args) -> None:
@@ -85,18 +101,9 @@ def gather_rows(procs: Processes, *tensors: torch.Tensor) -> tuple[torch.Tensor,
     return tuple(torch.cat([parts[i] for parts in gathered]) for i in range(len(tensors)))
 
 
-def broadcast(procs: Processes, value):
-    """The main process's ``value`` (any picklable object), on every process."""
-    if not procs.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def from_main(value):
-    """The main process's ``value`` on every process of a started process group
-    (without one, ``value`` itself): one decision, taken once."""
+    """The main process's ``value`` (any picklable object) on every process of a
+    started process group (without one, ``value`` itself): one decision, taken once."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return value
     box = [value]
@@ -108,14 +115,14 @@ def main_first(procs: Processes, work: Callable[[], object]):
     """``work()`` on the main process while the others wait; its result there
     (None on the others). A BlockDropError it raises is raised on every process."""
     value, error = None, None
-    if procs.is_main:
+    if is_main_process():
         try:
             value = work()
         except BlockDropError as exc:
             if not procs.distributed:
                 raise
             error = exc
-    message = broadcast(procs, str(error) if error else None)
+    message = from_main(str(error) if error else None)
     if error:
         raise error
     if message:

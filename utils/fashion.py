@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torchvision import datasets as tv_datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from .cli import NO_DOWNLOAD_ENV, BlockDropError, downloads_allowed
+from .errors import BlockDropError
+from .files import NO_DOWNLOAD_ENV, downloads_allowed
 
 FASHION_FOLDER = "FashionMNIST"  # torchvision's: <data_dir>/FashionMNIST/raw/
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's package dataset-fashion-mnist

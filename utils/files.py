@@ -1,7 +1,8 @@
 """Files that are never half-written and never run code: atomic writes (a
 temporary file beside the target, then ``os.replace``), the checks of output
 paths made before any work, and the one safe way to read a ``.t7`` file
-(``torch.load(..., weights_only=True)``), whose every failure is one line."""
+(``torch.load(..., weights_only=True)``), whose every failure is one line; and
+whether a missing file may be downloaded (``BLOCKDROP_NO_DOWNLOAD``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ from pathlib import Path
 
 import torch
 
-from .cli import BlockDropError
+from .errors import BlockDropError
+
+NO_DOWNLOAD_ENV = "BLOCKDROP_NO_DOWNLOAD"  # set to 1 to never try the network
+
+
+def downloads_allowed() -> bool:
+    """Whether a missing file (a data set, torchvision's weights) may be fetched from the network."""
+    return os.environ.get(NO_DOWNLOAD_ENV, "") not in ("1", "true", "yes")
+
 
 _UMASK = os.umask(0)  # read once, at import, before any thread (TensorBoard's writer) runs
 os.umask(_UMASK)
@@ -95,6 +104,21 @@ def save_args(args: dict, cv_dir: Path) -> None:
     """The run's arguments, one ``name: value`` per line, in ``cv_dir/args.txt``."""
     text = "".join(f"{k}: {v}\n" for k, v in sorted(args.items()) if not k.startswith("_"))
     atomic_write_bytes(Path(cv_dir) / "args.txt", text.encode())
+
+
+def set_aside(paths: list[Path], folder: Path) -> Path:
+    """Move ``paths`` (those that exist) into the new folder ``folder``, or
+    ``folder-2``, ``folder-3``, ... when it is taken: an earlier run's files,
+    kept whole. Returns the folder."""
+    kept, n = Path(folder), 1
+    while kept.exists():
+        n += 1
+        kept = Path(folder).with_name(f"{Path(folder).name}-{n}")
+    kept.mkdir()
+    for path in paths:
+        if path.exists():
+            path.rename(kept / path.name)
+    return kept
 
 
 def remove_partial_writes(folder: Path) -> list[Path]:

@@ -3,7 +3,7 @@ running another script as the command that reproduces it, and keeping a
 result with the settings that made it, so that a run that stopped resumes
 where it was.
 
-A script runs another only through ``run_step("finetune.py", argv)``: the
+A script runs another only through ``run_script("finetune.py", argv)``: the
 other's flags, checks and ``main``, exactly as on the command line.
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from utils.bases import file_sha256
-from utils.cli import BlockDropError
 from utils.distributed import from_main, is_main_process, main_print
+from utils.errors import BlockDropError
 from utils.files import write_json
 from utils.runstate import RunState, run_files
 
@@ -40,7 +40,7 @@ def load_script(script: str):
     return module
 
 
-def run_step(script: str, argv: Sequence[object]):
+def run_script(script: str, argv: Sequence[object]):
     """Print ``$ python <script> <argv>``, then run that script's ``main`` on
     ``argv`` in this process and return what it returns."""
     argv = [str(a) for a in argv]
@@ -86,7 +86,7 @@ def run_training(folder: Path, script: str, argv: Sequence[object], settings: di
     if is_main_process():
         write_json(started, {"settings": settings})
     began = time.perf_counter()
-    result = run_step(script, argv)
+    result = run_script(script, argv)
     result = {"path": str(result)} if isinstance(result, Path) else result
     result = from_main(result)  # under torchrun: the main process's (it alone saves), once it has saved
     if is_main_process():

@@ -234,33 +234,11 @@ def tradeoff_figure(full: dict | None, runs: list[dict], title: str = "") -> Fig
     FLOPs, and the full ResNet as its own marker. ``runs`` are dicts with
     ``penalty``, ``accuracy`` (0..1) and ``flops``; ``full`` has ``accuracy``
     and ``full_resnet_flops`` (or ``flops``), or is None."""
-    points = sorted(runs, key=lambda run: run["flops"])
-    x = [float(run["flops"]) for run in points]
-    y = [float(run["accuracy"]) for run in points]
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=DPI)
-    ax.plot(x, y, marker="o", color=KEPT_COLOR, linewidth=1.5, markersize=6, label="BlockDrop (one point per penalty)")
-    for run, xi, yi in zip(points, x, y):
-        ax.annotate(f"γ={run['penalty']:g}", (xi, yi), textcoords="offset points", xytext=(6, -12),
-                    fontsize=8, color="0.25")
-    if full:
-        full_x = float(full.get("full_resnet_flops", full.get("flops")))
-        ax.scatter([full_x], [float(full["accuracy"])], marker="*", s=180, color=WRONG_COLOR, zorder=3,
-                   label="full ResNet (runs no policy network)")
-    _accuracy_against_flops(ax, title or "Accuracy against FLOPs over penalties", "FLOPs per image", 1, 0.12)
-    fig.tight_layout()
-    return fig
-
-
-def _accuracy_against_flops(ax, title: str, xlabel: str, decimals: int, margin: float, fontsize=None) -> None:
-    """Axes of test accuracy (in percent) against FLOPs per image (in powers of ten)."""
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=decimals))
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    ax.margins(x=0.08, y=margin)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", frameon=False, fontsize=fontsize)
+    points = [{"label": f"γ={run['penalty']:g}", "flops": run["flops"], "accuracy": run["accuracy"]} for run in runs]
+    star = {"flops": full.get("full_resnet_flops", full.get("flops")), "accuracy": full["accuracy"]} if full else None
+    return _tradeoff({"BlockDrop (one point per penalty)": points}, star, "full ResNet (runs no policy network)",
+                     title or "Accuracy against FLOPs over penalties", "FLOPs per image", decimals=1, margin=0.12,
+                     size=(7.5, 5))
 
 
 SERIES_COLORS = {"BlockDrop": KEPT_COLOR, "shallower ResNets": "#3c8d40", "FirstK, finetuned": "#d9822b",
@@ -273,22 +251,43 @@ def claims_tradeoff_figure(series: dict[str, list[dict]], full: dict | None, tit
     both axes. ``series`` maps a name to points (dicts with ``label``,
     ``flops``, ``flops_std``, ``accuracy``, ``accuracy_std``), drawn joined in
     order of FLOPs; ``full`` (``flops``, ``accuracy``) is the deep ResNet's star."""
-    fig, ax = plt.subplots(figsize=(8.5, 5.5), dpi=DPI)
+    return _tradeoff(series, full, "the deep ResNet, every block",
+                     title or "Accuracy against FLOPs (mean ± std over seeds)",
+                     "FLOPs per image (BlockDrop's include its policy network)", decimals=0, margin=0.1,
+                     size=(8.5, 5.5), fontsize=9)
+
+
+def _tradeoff(series: dict[str, list[dict]], full: dict | None, full_label: str, title: str, xlabel: str,
+              decimals: int, margin: float, size: tuple[float, float], fontsize=None) -> Figure:
+    """The one trade-off chart: test accuracy (in percent) against FLOPs per
+    image; each series' points joined in order of FLOPs and labelled, with
+    error bars where they have a spread (``flops_std``, ``accuracy_std``), and
+    the full ResNet as a star."""
+    fig, ax = plt.subplots(figsize=size, dpi=DPI)
     for name, points in series.items():
         points = sorted(points, key=lambda p: p["flops"])
-        color = SERIES_COLORS.get(name, "0.4")
-        ax.errorbar([p["flops"] for p in points], [p["accuracy"] for p in points],
-                    xerr=[p["flops_std"] for p in points], yerr=[p["accuracy_std"] for p in points],
-                    marker="o" if name == "BlockDrop" else "s", color=color, linewidth=1.5 if len(points) > 1 else 0,
-                    elinewidth=1.2, markersize=6, capsize=3, label=name)
-        for p in points:
-            ax.annotate(p["label"], (p["flops"], p["accuracy"]), textcoords="offset points", xytext=(6, -12),
-                        fontsize=8, color=color)
+        x, y = [float(p["flops"]) for p in points], [float(p["accuracy"]) for p in points]
+        color = next((c for key, c in SERIES_COLORS.items() if name.startswith(key)), "0.4")
+        style = {"marker": "o" if name.startswith("BlockDrop") else "s", "color": color, "markersize": 6,
+                 "linewidth": 1.5 if len(points) > 1 else 0, "label": name}
+        if points and "flops_std" in points[0]:
+            ax.errorbar(x, y, xerr=[p["flops_std"] for p in points], yerr=[p["accuracy_std"] for p in points],
+                        elinewidth=1.2, capsize=3, **style)
+        else:
+            ax.plot(x, y, **style)
+        for p, xi, yi in zip(points, x, y):
+            ax.annotate(p["label"], (xi, yi), textcoords="offset points", xytext=(6, -12), fontsize=8, color=color)
     if full:
-        ax.scatter([full["flops"]], [full["accuracy"]], marker="*", s=180, color=WRONG_COLOR, zorder=3,
-                   label="the deep ResNet, every block")
-    _accuracy_against_flops(ax, title or "Accuracy against FLOPs (mean ± std over seeds)",
-                            "FLOPs per image (BlockDrop's include its policy network)", 0, 0.1, fontsize=9)
+        ax.scatter([float(full["flops"])], [float(full["accuracy"])], marker="*", s=180, color=WRONG_COLOR, zorder=3,
+                   label=full_label)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=decimals))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    ax.margins(x=0.08, y=margin)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", frameon=False, fontsize=fontsize)
     fig.tight_layout()
     return fig
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,17 +16,51 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import BlockDropError
 from .distributed import main_print
+from .errors import BlockDropError
 from .files import (
     load_state_file,
     remove_partial_writes,
     same_file_atomically,
     save_checkpoint,
+    set_aside,
     writable_folder,
 )
 
 LAST = "last.t7"  # the newest complete state of a run, written after every epoch
+
+# --------------------------------------------------------------------------
+# the authors' checkpoint names: the one place that knows them
+# --------------------------------------------------------------------------
+CKPT_PATTERN = re.compile(
+    r"ckpt_E_(?P<epoch>\d+)_A_(?P<acc>[0-9.]+)_R_(?P<reward>[-+0-9.E]+)"
+    r"_S_(?P<blocks>[0-9.]+)_#_(?P<unique>\d+)\.t7$"
+)
+
+
+def checkpoint_name(epoch: int, acc: float, reward: float, blocks: float, unique: int) -> str:
+    """The authors' name: ``ckpt_E_{epoch}_A_{acc}_R_{reward}_S_{blocks}_#_{unique}.t7``."""
+    return f"ckpt_E_{epoch}_A_{acc:.3f}_R_{reward:.2E}_S_{blocks:.2f}_#_{unique}.t7"
+
+
+def parse_checkpoint_name(name: str | Path) -> dict:
+    """Inverse of ``checkpoint_name`` (metrics rounded as in the name)."""
+    m = CKPT_PATTERN.search(Path(name).name)
+    if not m:
+        raise ValueError(f"{name} is not named like a BlockDrop checkpoint")
+    return {"epoch": int(m["epoch"]), "acc": float(m["acc"]), "reward": float(m["reward"]),
+            "blocks": float(m["blocks"]), "unique": int(m["unique"])}
+
+
+def named_checkpoints(cv_dir: Path, epoch: int | None = None) -> list[Path]:
+    """The checkpoints in ``cv_dir`` (of ``epoch`` only, when given), by name."""
+    return sorted(Path(cv_dir).glob(f"ckpt_E_{'*' if epoch is None else epoch}_*.t7"))
+
+
+def epoch_of(path: Path) -> int:
+    """The epoch in a checkpoint's name (-1 for another name)."""
+    found = re.match(r"ckpt_E_(\d+)_", Path(path).name)
+    return int(found[1]) if found else -1
 
 
 # --------------------------------------------------------------------------
@@ -83,11 +118,11 @@ class RunState:
     first_epoch: int
     end_epoch: int
     base: dict | None = None  # the base ResNet trained from: path and SHA-256
-    figures: dict = field(default_factory=dict)  # the epoch's figures (the test's when it was tested)
+    metrics: dict = field(default_factory=dict)  # the epoch's metrics (the test's when it was tested)
 
     def to_dict(self) -> dict:
         return {
-            **self.networks, "epoch": self.epoch, **self.figures, "optimizer": self.optimizer,
+            **self.networks, "epoch": self.epoch, **self.metrics, "optimizer": self.optimizer,
             "args": {k: v for k, v in self.args.items() if _plain(v)},
             "rng": self.rng[0], "rng_processes": self.rng if len(self.rng) > 1 else None,
             "base": self.base, "first_epoch": self.first_epoch, "end_epoch": self.end_epoch,
@@ -104,7 +139,7 @@ class RunState:
         return cls(epoch=obj["epoch"], networks=networks, optimizer=obj["optimizer"], args=obj["args"],
                    rng=obj.get("rng_processes") or [obj["rng"]], first_epoch=obj.get("first_epoch", 0),
                    end_epoch=obj.get("end_epoch", obj["epoch"]), base=obj.get("base"),
-                   figures={k: v for k, v in obj.items() if k not in known})
+                   metrics={k: v for k, v in obj.items() if k not in known})
 
     def save(self, cv_dir: Path, name: str | None = None) -> Path:
         """``cv_dir/last.t7``, atomically; with ``name``, the state is written
@@ -120,7 +155,7 @@ class RunState:
         """The newest complete state of the run in ``cv_dir``: ``last.t7`` or, when
         it cannot be read, the checkpoint of the highest epoch that holds a run state."""
         cv_dir = Path(cv_dir)
-        ckpts = sorted(cv_dir.glob("ckpt_E_*.t7"), key=_epoch_of, reverse=True)
+        ckpts = sorted(named_checkpoints(cv_dir), key=epoch_of, reverse=True)
         for path in [cv_dir / LAST, *ckpts]:
             if not path.is_file():
                 continue
@@ -175,36 +210,19 @@ def _as_saved(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _epoch_of(path: Path) -> int:
-    name = path.name
-    try:
-        return int(name.split("_")[2])
-    except (IndexError, ValueError):
-        return -1
-
-
 # --------------------------------------------------------------------------
 # the run folder
 # --------------------------------------------------------------------------
 def run_files(cv_dir: Path) -> list[Path]:
     """The files by which a folder holds a training run."""
     cv_dir = Path(cv_dir)
-    return sorted([*cv_dir.glob("ckpt_E_*.t7"), *cv_dir.glob(LAST), *cv_dir.glob("metrics.jsonl")])
+    return sorted([*named_checkpoints(cv_dir), *cv_dir.glob(LAST), *cv_dir.glob("metrics.jsonl")])
 
 
-def set_aside(files: list[Path], folder: Path) -> Path:
+def set_aside_earlier(files: list[Path], folder: Path) -> Path:
     """Move an earlier run's files (and its log/ and args.txt) into ``folder/earlier-<time>/``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    kept = Path(folder) / f"earlier-{stamp}"
-    n = 1
-    while kept.exists():
-        n += 1
-        kept = Path(folder) / f"earlier-{stamp}-{n}"
-    kept.mkdir()
-    for path in [*files, Path(folder) / "args.txt", Path(folder) / "log"]:
-        if path.exists():
-            path.rename(kept / path.name)
-    return kept
+    return set_aside([*files, Path(folder) / "args.txt", Path(folder) / "log"],
+                     Path(folder) / f"earlier-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 class FolderLock:
@@ -249,7 +267,7 @@ class FolderLock:
         for tmp in remove_partial_writes(self.folder):
             main_print(f"note: removed {tmp}, left by an interrupted write")
         if self.earlier:
-            main_print(f"note: the earlier run's files were moved to {set_aside(self.earlier, self.folder)}/")
+            main_print(f"note: the earlier run's files were moved to {set_aside_earlier(self.earlier, self.folder)}/")
             self.earlier = []
 
     def release(self, undo: bool = False) -> None:

@@ -1,9 +1,13 @@
-"""How the networks run on the hardware, decided once per run: mixed
-precision (``--amp``), the memory format (``--memory_format``), data loaders
-(pinned, persistent, sharded under torchrun), and the wrapping of the
-networks for several GPUs. Of these, only ``--amp`` changes a run on the CPU."""
+"""How a run runs, decided once: the seed (``--seed``), mixed precision
+(``--amp``), the memory format (``--memory_format``), data loaders (pinned,
+persistent, sharded under torchrun), the progress bar, and the wrapping of the
+networks for several GPUs. Of the hardware's settings, only ``--amp`` changes
+a run on the CPU. The device and the processes are ``utils.distributed``'s."""
 
 from __future__ import annotations
+
+import random
+import sys
 
 import numpy as np
 import torch
@@ -11,9 +15,25 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .data import WithIndex
-from .device_data import device_loaders
-from .distributed import Processes, main_print
+from .distributed import Processes, is_main_process, main_print
+
+
+def seed_everything(seed: int | None) -> None:
+    """``--seed``: Python's, numpy's and torch's generators (not seeded: None)."""
+    if seed is None:
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def progress(iterable, desc: str):
+    """A progress bar on a terminal and on the main process; nothing in a log
+    file, where every refresh would be one more line."""
+    from tqdm import tqdm  # only where a loop shows one
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True,
+                disable=not (is_main_process() and sys.stderr.isatty()))
 
 
 # --------------------------------------------------------------------------
@@ -81,7 +101,11 @@ def data_loaders(trainset, testset, procs: Processes, batch_size: int, workers: 
     data sets held on the device, shuffled and augmented there in whole
     batches (``utils.device_data``), with the same batches' sizes and shares."""
     if device_data:
+        from .device_data import device_loaders  # the transforms: not needed by the method's step
+
         return device_loaders(trainset, testset, procs, batch_size, seed, test_batch_size)
+    from .data import WithIndex  # the data sets' module, which the method's step does not need
+
     trainset, testset = WithIndex(trainset), WithIndex(testset)
     cuda = procs.device.type == "cuda"
     extra = {"num_workers": workers, "pin_memory": cuda, "persistent_workers": cuda and workers > 0}
@@ -134,3 +158,8 @@ def parallelize(procs: Processes, parallel: bool, trained: list[nn.Module],
         return [nn.DataParallel(m) for m in models]
     main_print(f"note: --parallel needs 2 or more CUDA GPUs; running on {procs.device}")
     return models
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside nn.DataParallel or DistributedDataParallel: checkpoints hold no ``module.`` prefix."""
+    return model.module if isinstance(model, (nn.DataParallel, DDP)) else model
