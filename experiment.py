@@ -98,7 +98,8 @@ DIGITS_WHY = (
     "accuracy passes 90% by then); the shallower ResNets stop at 20 layers, where the digits' ResNets already reach "
     "the base's accuracy")
 
-_FASHION_SUBSET = ("--train_subset", "4000")  # 400 of each class
+FASHION_CPU_IMAGES = 4000  # the CPU plan's training images, 400 of each class
+_FASHION_SUBSET = ("--train_subset", str(FASHION_CPU_IMAGES))
 FASHION_CPU_WHY = (
     "sized so that three seeds finish in 90 minutes on a 2-core CPU, on the whole 10,000-image test set (one image "
     "is 0.01 points). Every network trains on the same 4,000 images (400 per class, `--train_subset`). The networks "
@@ -137,8 +138,8 @@ PLANS = {
         base_epochs=30,
         cl_flags=("--lr", "1e-3", "--penalty", "-1", "--batch_size", "32", "--epoch_step", "14", *_FASHION_SUBSET),
         cl_epochs=20, cl_step=1, ft_flags=("--lr", "1e-4", "--batch_size", "128", *_FASHION_SUBSET), ft_epochs=2,
-        penalties=(-1.0, -5.0, -10.0), penalty=-5.0, seeds=3, workers=0, train_images=4000, test_images=10000,
-        why=FASHION_CPU_WHY),
+        penalties=(-1.0, -5.0, -10.0), penalty=-5.0, seeds=3, workers=0, train_images=FASHION_CPU_IMAGES,
+        test_images=10000, why=FASHION_CPU_WHY),
     # ImageNet: torchvision's ResNet-101 and, the shallower one, ResNet-50, from the torch hub cache; one seed
     "R101_ImgNet": Plan(("R50_ImgNet",), (), None, ("--lr", "1e-3", "--penalty", "-1", "--batch_size", "2048"),
                         45, 1, ("--lr", "1e-4", "--batch_size", "320"), 10, (-5.0,), -5.0, 1, 8, 1281167, 50000,
@@ -147,15 +148,13 @@ PLANS = {
 }
 
 # The plans for a GPU, where a configuration has one: reproduce.py --hardware gpu.
-GPU_PLANS = {
-    "R20_Fashion": Plan(
-        shallower=("R8_Fashion", "R14_Fashion"),
+GPU_PLANS = {  # the CPU plan's networks, penalties, seeds and test set; all training images, on the GPU
+    "R20_Fashion": replace(
+        PLANS["R20_Fashion"],
         pretrain_flags=("--milestones", "15", "25", "--batch_size", "128", "--test_every", "5", "--device_data"),
-        base_epochs=30,
         cl_flags=("--lr", "1e-3", "--penalty", "-1", "--batch_size", "256", "--epoch_step", "10", "--device_data"),
-        cl_epochs=13, cl_step=1, ft_flags=("--lr", "1e-4", "--batch_size", "256", "--device_data"), ft_epochs=1,
-        penalties=(-1.0, -5.0, -10.0), penalty=-5.0, seeds=3, workers=8, train_images=60000, test_images=10000,
-        why=FASHION_GPU_WHY),
+        cl_epochs=13, ft_flags=("--lr", "1e-4", "--batch_size", "256", "--device_data"), ft_epochs=1, workers=8,
+        train_images=60000, why=FASHION_GPU_WHY),
 }
 
 

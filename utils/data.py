@@ -54,10 +54,7 @@ class ArrayDataset(Dataset):
     @classmethod
     def of(cls, dataset: ArrayDataset, keep: np.ndarray) -> ArrayDataset:
         """The images ``keep`` of ``dataset``, with its transform."""
-        out = cls.__new__(cls)
-        index = torch.from_numpy(keep)
-        out.images, out.labels, out.transform = dataset.images[index], dataset.labels[index], dataset.transform
-        return out
+        return cls(dataset.images.numpy()[keep], dataset.labels.numpy()[keep], dataset.transform)
 
     def __len__(self) -> int:
         return len(self.labels)
